@@ -1,0 +1,363 @@
+//! From text to a validated [`Config`]: TOML syntax (all errors, recovered), `${VAR}`
+//! interpolation, serde per section (so one bad pool does not hide a bad route), validation.
+//! Every error is located by its key path through an index of spans built from the parse.
+
+use super::error::{ConfigError, ConfigErrors};
+use super::interpolate::interpolate;
+use super::model::Config;
+use super::validate::validate;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use toml::de::{DeTable, DeValue};
+use toml::{Table, Value};
+
+/// The config `shardgate run` uses when given no file.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+
+/// Reads, parses and validates a config file, including that TLS files can be read.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    parse(&text, &name)
+}
+
+/// Parses config text with the process environment for `${VAR}`.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse_with_env(text, file, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text with `env` for `${VAR}`; pure but for reading the TLS files it names.
+pub fn parse_with_env(
+    text: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let locate = Locator::new(text, file);
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        let errors = syntax
+            .iter()
+            .map(|e| {
+                let at = e.span().map(|s| s.start).unwrap_or(0);
+                locate.error(at, String::new(), e.message().trim().to_owned())
+            })
+            .collect();
+        return Err(ConfigErrors(errors));
+    }
+    let mut spans = SpanIndex::default();
+    spans.walk_table(doc.get_ref(), "");
+
+    let mut table: Table = toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| s.start).unwrap_or(0);
+        ConfigErrors(vec![locate.error(at, String::new(), e.message().to_owned())])
+    })?;
+
+    let mut errors = Vec::new();
+    for (key, value) in table.iter_mut() {
+        interpolate_value(value, key, env, &mut |path, msg| {
+            errors.push(spans.error(&locate, path, msg))
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+
+    let config = deserialize_sections(table, &spans, &locate, &mut errors);
+    if let Some(config) = &config {
+        for (path, message) in validate(config) {
+            errors.push(spans.error(&locate, &path, message));
+        }
+        for (i, l) in config.listener.iter().enumerate() {
+            if let Some(tls) = &l.tls {
+                if let Err(message) = crate::tls::load_certified_key(&tls.cert, &tls.key) {
+                    errors.push(spans.error(&locate, &format!("listener[{i}].tls"), message));
+                }
+            }
+        }
+    }
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => {
+            errors.sort_by_key(|e| (e.line, e.column));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// Deserializes each top-level section (and each element of `[[array]]` sections) on its own,
+/// so that every section's first error is reported, then the whole file once they all pass.
+fn deserialize_sections(
+    table: Table,
+    spans: &SpanIndex,
+    locate: &Locator,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
+    let before = errors.len();
+    for (key, value) in &table {
+        match value {
+            Value::Array(items) if matches!(key.as_str(), "listener" | "pool" | "route") => {
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("{key}[{i}]");
+                    let res = match key.as_str() {
+                        "listener" => check::<super::model::Listener>(item).map(drop),
+                        "pool" => check::<super::model::Pool>(item).map(drop),
+                        _ => check::<super::model::Route>(item).map(drop),
+                    };
+                    if let Err((sub, msg)) = res {
+                        errors.push(spans.error(locate, &join(&path, &sub), msg));
+                    }
+                }
+            }
+            _ => {
+                let mut one = Table::new();
+                one.insert(key.clone(), value.clone());
+                if let Err((sub, msg)) = check_table(one) {
+                    errors.push(spans.error(locate, &sub, msg));
+                }
+            }
+        }
+    }
+    if errors.len() > before {
+        return None;
+    }
+    match check_table(table) {
+        Ok(config) => Some(config),
+        Err((path, msg)) => {
+            errors.push(spans.error(locate, &path, msg));
+            None
+        }
+    }
+}
+
+fn check<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value.clone()).map_err(split_error)
+}
+
+fn check_table(table: Table) -> Result<Config, (String, String)> {
+    serde_path_to_error::deserialize(table).map_err(split_error)
+}
+
+fn split_error(e: serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
+    let mut path = e.path().to_string();
+    if path == "." {
+        path.clear();
+    }
+    let message = e.inner().message().trim().to_owned();
+    // serde reports an unknown key at its table; point at the key itself.
+    if let Some(name) = message
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        if !path.ends_with(name) {
+            path = join(&path, name);
+        }
+    }
+    (path, message)
+}
+
+fn join(parent: &str, child: &str) -> String {
+    match (parent.is_empty(), child.is_empty() || child == ".") {
+        (true, _) => child.to_owned(),
+        (_, true) => parent.to_owned(),
+        _ if child.starts_with('[') => format!("{parent}{child}"),
+        _ => format!("{parent}.{child}"),
+    }
+}
+
+fn interpolate_value(
+    value: &mut Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    report: &mut dyn FnMut(&str, String),
+) {
+    match value {
+        Value::String(s) => match interpolate(s, env) {
+            Ok(new) => *s = new,
+            Err(msg) => report(path, msg),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), env, report);
+            }
+        }
+        Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                interpolate_value(v, &join(path, k), env, report);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Key path -> (span of the key, span of the value), from the spanned parse.
+#[derive(Default)]
+struct SpanIndex {
+    spans: HashMap<String, (usize, Range<usize>)>,
+}
+
+impl SpanIndex {
+    fn walk_table(&mut self, table: &DeTable<'_>, prefix: &str) {
+        for (key, value) in table.iter() {
+            let path = join(prefix, key.get_ref());
+            self.spans
+                .insert(path.clone(), (key.span().start, value.span()));
+            self.walk_value(value.get_ref(), &path);
+        }
+    }
+
+    fn walk_value(&mut self, value: &DeValue<'_>, path: &str) {
+        match value {
+            DeValue::Table(t) => self.walk_table(t, path),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let p = format!("{path}[{i}]");
+                    self.spans.insert(p.clone(), (item.span().start, item.span()));
+                    self.walk_value(item.get_ref(), &p);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The offset of `path`, or of its nearest located ancestor. Unknown keys point at the key,
+    /// everything else at the value.
+    fn offset(&self, path: &str, at_key: bool) -> usize {
+        let mut p = path;
+        loop {
+            if let Some((key, value)) = self.spans.get(p) {
+                return if at_key { *key } else { value.start };
+            }
+            match p.rfind(['.', '[']) {
+                Some(cut) => p = &p[..cut],
+                None => return 0,
+            }
+        }
+    }
+
+    fn error(&self, locate: &Locator, path: &str, message: String) -> ConfigError {
+        let at_key = message.starts_with("unknown field");
+        locate.error(self.offset(path, at_key), path.to_owned(), message)
+    }
+}
+
+/// Turns byte offsets into 1-based line:column.
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    fn new(text: &'a str, file: &'a str) -> Self {
+        Locator { text, file }
+    }
+
+    fn error(&self, offset: usize, path: String, message: String) -> ConfigError {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            path,
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_env(text: &str) -> Result<Config, ConfigErrors> {
+        parse_with_env(text, "t.toml", &|n| (n == "TOKEN").then(|| "tok".to_owned()))
+    }
+
+    const GOOD: &str = r#"
+[[listener]]
+addr = "127.0.0.1:8080"
+
+[admin]
+addr = "127.0.0.1:9090"
+token = "${TOKEN}"
+
+[[pool]]
+name = "shards"
+shards.list = [
+  { name = "shard-0", addrs = ["127.0.0.1:8001"] },
+  { name = "shard-1", addrs = ["127.0.0.1:8002"], weight = 2 },
+]
+
+[[route]]
+path_prefix = "/"
+shard = { pool = "shards" }
+"#;
+
+    #[test]
+    fn loads_a_good_file() {
+        let c = parse_env(GOOD).unwrap();
+        assert_eq!(c.admin.unwrap().token.as_deref(), Some("tok"));
+        assert_eq!(c.pool[0].shards.as_ref().unwrap().list[1].weight, 2);
+        assert_eq!(c.timeouts.tunnel.as_secs(), 3600);
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        parse_with_env(DEFAULT_CONFIG, "<embedded>", &|_| None).unwrap();
+    }
+
+    #[test]
+    fn reports_every_error_with_position_and_path() {
+        let text = GOOD
+            .replace("addr = \"127.0.0.1:8080\"", "addr = \"127.0.0.1:8080\"\nbogus = 1")
+            .replace("weight = 2", "weight = \"heavy\"")
+            .replace("path_prefix = \"/\"", "path_prefix = \"/\"\npool = \"nope\"");
+        let errs = parse_env(&text).unwrap_err().0;
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{shown:#?}");
+        assert!(shown[0].starts_with("t.toml:4:1: listener[0].bogus: unknown field `bogus`"), "{}", shown[0]);
+        assert!(shown[1].contains("pool[0].shards.list[1].weight"), "{}", shown[1]);
+        assert!(shown[1].starts_with("t.toml:14:"), "{}", shown[1]);
+    }
+
+    #[test]
+    fn validation_errors_are_located() {
+        let text = GOOD.replace("shard = { pool = \"shards\" }", "shard = { pool = \"nope\" }");
+        let errs = parse_env(&text).unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "route[0].shard.pool");
+        assert_eq!((errs[0].line, errs[0].column), (18, 18), "{}", errs[0]);
+        assert!(errs[0].message.contains("no pool named \"nope\""), "{}", errs[0]);
+    }
+
+    #[test]
+    fn missing_env_and_bad_durations_are_reported() {
+        let text = GOOD.replace("${TOKEN}", "${MISSING}") + "\n[timeouts]\nidle = \"ninety\"\n";
+        let errs = parse_env(&text).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "interpolation errors stop before serde");
+        assert!(errs[0].message.contains("MISSING is not set"));
+        let text = GOOD.to_owned() + "\n[timeouts]\nidle = \"ninety\"\n";
+        let errs = parse_env(&text).unwrap_err().0;
+        assert_eq!(errs[0].path, "timeouts.idle", "{}", errs[0]);
+        assert!(errs[0].message.contains("not a duration"));
+    }
+
+    #[test]
+    fn syntax_errors_all_reported() {
+        let errs = parse_env("a = 1\nb = \n[x\nc = 2\n").unwrap_err().0;
+        assert!(errs.len() >= 2, "{errs:?}");
+        assert!(errs.iter().all(|e| (2..=4).contains(&e.line)), "{errs:?}");
+    }
+}

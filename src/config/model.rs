@@ -1,0 +1,249 @@
+//! The config file's shape (serde). Unknown keys are errors everywhere; durations are strings.
+//! Defaults here are the documented defaults of the README's configuration reference.
+
+use serde::{Deserialize, Deserializer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A whole config file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listener: Vec<Listener>,
+    pub admin: Option<Admin>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub pool: Vec<Pool>,
+    #[serde(default)]
+    pub route: Vec<Route>,
+}
+
+/// Where clients connect: plain HTTP, or TLS with HTTP/2 and HTTP/1.1 by ALPN.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(deserialize_with = "socket_addr")]
+    pub addr: SocketAddr,
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
+    #[serde(default = "yes")]
+    pub h2: bool,
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics`, and `/admin/*` behind the token.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(deserialize_with = "socket_addr")]
+    pub addr: SocketAddr,
+    /// Bearer token for `/admin/*`. Without one, `/admin/*` answers 403.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to a shard.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub connect: Duration,
+    /// Inactivity of an HTTP exchange (reading a body, waiting for a response). BOSH holds
+    /// requests for about 60 s, so this must stay above that.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub idle: Duration,
+    /// Inactivity of an upgraded (WebSocket) connection, either way.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub tunnel: Duration,
+    /// How long a client connection may sit idle between two requests.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub keepalive: Duration,
+    /// After SIGTERM, open tunnels are kept this long.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            idle: Duration::from_secs(90),
+            tunnel: Duration::from_secs(3600),
+            keepalive: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(7200),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request header block (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// A named set of backends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: String,
+    pub shards: Option<Shards>,
+    #[serde(default)]
+    pub sticky: Sticky,
+    /// How long a shard that refused a connection stays out of rotation before it is tried again.
+    #[serde(
+        default = "default_passive_down",
+        deserialize_with = "super::duration::deserialize"
+    )]
+    pub passive_down: Duration,
+}
+
+fn default_passive_down() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shards {
+    /// Statically listed shards.
+    #[serde(default)]
+    pub list: Vec<ShardSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSpec {
+    /// Stable identity: the room hash is keyed by this name, so replicas agree.
+    pub name: String,
+    /// `ip:port` of the shard's web servers; requests are spread over them.
+    #[serde(deserialize_with = "socket_addrs")]
+    pub addrs: Vec<SocketAddr>,
+    /// Rendezvous weight; a shard of weight 2 gets about twice the new rooms of weight 1.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Take no new rooms; keep the rooms already stuck here.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sticky {
+    /// A room's entry is forgotten after this long without traffic.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub ttl: Duration,
+    /// Most rooms remembered; the least useful entries are evicted past it.
+    pub capacity: u64,
+}
+
+impl Default for Sticky {
+    fn default() -> Self {
+        Sticky {
+            ttl: Duration::from_secs(600),
+            capacity: 1_000_000,
+        }
+    }
+}
+
+/// Routes are tried in file order; the first whose host and path match takes the request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Label in metrics and logs (default: the host and path prefix).
+    pub name: Option<String>,
+    /// Match requests whose path starts with this (default `/`).
+    #[serde(default = "slash")]
+    pub path_prefix: String,
+    /// Match only this Host (without port, case-insensitive).
+    pub host: Option<String>,
+    /// Room-sticky over a shard pool.
+    pub shard: Option<ShardAction>,
+    /// Plain balancing over a pool's shards (round robin over those up).
+    pub pool: Option<String>,
+    /// A fixed answer from the edge.
+    pub respond: Option<Respond>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardAction {
+    pub pool: String,
+    #[serde(default)]
+    pub key: RoomKeySource,
+}
+
+/// Where the room key comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKeySource {
+    /// `?room=` with the tenant from `/<tenant>/http-bind` and similar (Jitsi).
+    #[default]
+    RoomParam,
+    /// The last path segment (`/<room>`).
+    LastSegment,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    #[serde(default = "ok")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "text_plain")]
+    pub content_type: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+fn ok() -> u16 {
+    200
+}
+fn slash() -> String {
+    "/".to_owned()
+}
+fn text_plain() -> String {
+    "text/plain; charset=utf-8".to_owned()
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("\"{text}\" is not an ip:port; expected e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"")
+    })
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|a| parse_addr(a))
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}

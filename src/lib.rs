@@ -1,0 +1,20 @@
+//! shardgate: an edge proxy and load balancer for real-time conferencing.
+//!
+//! Pure cores (`config`, `routing`, `runtime`) build without the `server` feature, which is how
+//! `fuzz/` uses them; `proxy`, `admin`, `metrics` and `server` do the I/O on pingora.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod routing;
+pub mod runtime;
+pub mod tls;
+
+#[cfg(feature = "server")]
+pub mod admin;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod proxy;
+#[cfg(feature = "server")]
+pub mod server;

@@ -1,0 +1,14 @@
+//! Routing decisions: which route a request matches, its room key, and which shard takes it.
+//!
+//! Pure functions and lock-free state (atomics, a concurrent cache); no sockets. The proxy
+//! loads one [`crate::runtime::Runtime`] snapshot per request and asks these functions.
+
+pub mod pool;
+pub mod room;
+pub mod route;
+pub mod sticky;
+
+pub use pool::{Choice, Members, Pool, Shard, ShardState};
+pub use room::room_key;
+pub use route::{Action, CompiledRoute, RouteTable};
+pub use sticky::{hrw_pick, name_seed, StickTable};
