@@ -18,3 +18,5 @@ pub mod metrics;
 pub mod proxy;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod state;

@@ -1,1 +1,82 @@
-fn main() {}
+//! The `shardgate` command: `run` the edge, `check` config files.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use shardgate::config::{self, ConfigErrors};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "shardgate", version, about = "Edge proxy and load balancer for real-time conferencing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge (without --config: the embedded default, a page on 127.0.0.1:8080).
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check config files: exit 0 when all are valid, else print every error and exit 1.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for file in files {
+        match config::load_file(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(errors) => {
+                ok = false;
+                eprintln!("{errors}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
+        )
+        .init();
+    let config = match &path {
+        Some(p) => config::load_file(p),
+        None => config::parse(config::DEFAULT_CONFIG, "<embedded default>"),
+    }
+    .map_err(|e: ConfigErrors| anyhow::anyhow!("invalid config:\n{e}"))?;
+    tracing::info!(
+        config = %path.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
+        "starting"
+    );
+    shardgate::server::run(config)
+        .map_err(anyhow::Error::msg)
+        .context("cannot start")
+}

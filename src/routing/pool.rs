@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One shard: a stable name (the hash identity), its web servers, and its state.
@@ -131,8 +131,12 @@ pub struct Pool {
     pub name: Arc<str>,
     pub members: ArcSwap<Members>,
     pub stick: StickTable,
+    stick_ttl: Duration,
     pub passive_down: Duration,
     round_robin: AtomicUsize,
+    /// Rooms with open tunnels (room -> count); their stick entries are refreshed while they
+    /// live. Touched when a tunnel opens or closes, never per request.
+    open_tunnels: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 impl Pool {
@@ -147,8 +151,10 @@ impl Pool {
             name: Arc::from(c.name.as_str()),
             members: ArcSwap::from_pointee(Members::new(shards)),
             stick: StickTable::new(c.sticky.ttl, c.sticky.capacity),
+            stick_ttl: c.sticky.ttl,
             passive_down: c.passive_down,
             round_robin: AtomicUsize::new(0),
+            open_tunnels: Mutex::new(HashMap::new()),
         }
     }
 
@@ -180,6 +186,38 @@ impl Pool {
             Some(_) => Choice::Moved(i),
             None => Choice::New(i),
         })
+    }
+
+    pub fn stick_ttl(&self) -> Duration {
+        self.stick_ttl
+    }
+
+    pub fn tunnel_opened(&self, room: &str) {
+        let mut open = self.open_tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        *open.entry(Arc::from(room)).or_insert(0) += 1;
+    }
+
+    pub fn tunnel_closed(&self, room: &str) {
+        let mut open = self.open_tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(room) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(room);
+            }
+        }
+    }
+
+    /// Refreshes the stick entry of every room that has an open tunnel, so that a quiet
+    /// WebSocket does not let its room be forgotten. Returns how many rooms were refreshed.
+    pub fn refresh_open_tunnels(&self) -> usize {
+        let rooms: Vec<Arc<str>> = {
+            let open = self.open_tunnels.lock().unwrap_or_else(|e| e.into_inner());
+            open.keys().cloned().collect()
+        };
+        for room in &rooms {
+            self.stick.get(room);
+        }
+        rooms.len()
     }
 
     /// Any shard for a request that names no room: round robin over shards that are up and not

@@ -45,8 +45,8 @@ fn tenant(path: &str) -> Option<&str> {
     JITSI_ENDPOINTS.contains(&second).then_some(first)
 }
 
-/// Percent-decodes once and lower-cases; empty results are no key.
-fn normalise(raw: &str) -> Option<String> {
+/// Percent-decodes once and lower-cases (the room key form); empty results are no key.
+pub fn normalise(raw: &str) -> Option<String> {
     if raw.is_empty() {
         return None;
     }

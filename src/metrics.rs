@@ -1,0 +1,131 @@
+//! Prometheus metrics of the edge. Counters are bumped once per request at its end; gauges
+//! that describe state (shards, stick tables) are filled in when `/metrics` is scraped.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, pool, shard and status class (`2xx` … `5xx`).
+    pub requests: IntCounterVec,
+    /// Time from choosing a shard to the end of its response, by pool.
+    pub upstream_latency: HistogramVec,
+    /// Upgraded (WebSocket) connections open now.
+    pub tunnels_open: IntGauge,
+    /// Requests refused at the edge before any backend saw them, by reason.
+    pub rejected: IntCounterVec,
+    /// Connections a shard refused (passive health), by pool and shard.
+    pub connect_failures: IntCounterVec,
+    /// Rooms moved off a shard that was down or gone, by pool.
+    pub room_moves: IntCounterVec,
+    /// Stick-table entries, by pool (set at scrape).
+    pub stick_entries: IntGaugeVec,
+    /// 1 for the state each shard is in, by pool, shard and state (set at scrape).
+    pub shard_state: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let requests = counter(
+            "shardgate_requests_total",
+            "Requests by route, pool, shard and status class",
+            &["route", "pool", "shard", "class"],
+        );
+        let rejected = counter(
+            "shardgate_rejected_requests_total",
+            "Requests refused at the edge before reaching a backend",
+            &["reason"],
+        );
+        let connect_failures = counter(
+            "shardgate_upstream_connect_failures_total",
+            "Connections a shard refused or timed out (passive health)",
+            &["pool", "shard"],
+        );
+        let room_moves = counter(
+            "shardgate_room_moves_total",
+            "Rooms moved off a shard that was down or gone",
+            &["pool"],
+        );
+        let upstream_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "shardgate_upstream_latency_seconds",
+                "Time from choosing a shard to the end of its response (tunnels excluded)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0, 120.0,
+            ]),
+            &["pool"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_latency.clone()))
+            .expect("unique metric");
+        let tunnels_open = IntGauge::new("shardgate_tunnels_open", "Open upgraded connections")
+            .expect("valid metric");
+        registry
+            .register(Box::new(tunnels_open.clone()))
+            .expect("unique metric");
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let stick_entries = gauge(
+            "shardgate_stick_table_entries",
+            "Rooms remembered in the stick table",
+            &["pool"],
+        );
+        let shard_state = gauge(
+            "shardgate_shard_state",
+            "1 for the state each shard is in",
+            &["pool", "shard", "state"],
+        );
+        Metrics {
+            registry,
+            requests,
+            upstream_latency,
+            tunnels_open,
+            rejected,
+            connect_failures,
+            room_moves,
+            stick_entries,
+            shard_state,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encoding to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `2xx`, `4xx`, …; `none` when no response was written.
+pub fn status_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(100..=199) => "1xx",
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "none",
+    }
+}

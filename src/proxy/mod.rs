@@ -1,0 +1,277 @@
+//! The edge's HTTP side on pingora: one `ProxyHttp` whose filters stay thin and ask
+//! `routing` for every decision. Does I/O (through pingora's sessions); all choices are made by
+//! pure functions on one runtime snapshot loaded per request.
+//!
+//! Per request: check the header block (smuggling, size) -> match a route -> fixed answer, or
+//! room key -> shard (sticky) or any shard -> connect (retry once on the next choice if the
+//! shard refuses, marking it down) -> forward with X-Forwarded-* -> count.
+
+pub mod headers;
+
+use crate::metrics::status_class;
+use crate::routing::{room_key, Action, Choice, Shard};
+use crate::runtime::Runtime;
+use crate::state::Shared;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::proxy::FailToProxy;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+pub struct Edge {
+    shared: Arc<Shared>,
+}
+
+impl Edge {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Edge { shared }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    runtime: Option<Arc<Runtime>>,
+    route: Option<usize>,
+    pool: Option<usize>,
+    room: Option<String>,
+    shard: Option<Arc<Shard>>,
+    /// Index of a shard that refused the connection; the retry avoids it.
+    failed: Option<usize>,
+    attempts: u8,
+    upgrade: bool,
+    tunnel_open: bool,
+    upstream_start: Option<Instant>,
+    /// Why no shard could take the request, for the 502/503 body.
+    refusal: Option<String>,
+}
+
+async fn respond_text(
+    session: &mut Session,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header("content-type", content_type)?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let runtime = self.shared.runtime.load_full();
+        let limits = &runtime.config.limits;
+        let timeouts = &runtime.config.timeouts;
+        let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
+        if let Err(reject) =
+            headers::check_request(session.req_header(), raw.as_deref(), limits.max_header_bytes)
+        {
+            debug!(reason = reject.reason, "request rejected");
+            self.shared
+                .metrics
+                .rejected
+                .with_label_values(&[reject.reason])
+                .inc();
+            session.set_keepalive(None);
+            respond_text(session, reject.status, "text/plain; charset=utf-8", Bytes::from_static(reject.message.as_bytes())).await?;
+            return Ok(true);
+        }
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(timeouts.keepalive.as_secs().max(1)));
+        }
+        ctx.upgrade = session.is_upgrade_req();
+        session.set_read_timeout(Some(if ctx.upgrade {
+            timeouts.tunnel
+        } else {
+            timeouts.idle
+        }));
+
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri.host());
+        let path = req.uri.path();
+        let Some(route_index) = runtime.routes.find(host, path) else {
+            self.shared.metrics.rejected.with_label_values(&["no_route"]).inc();
+            respond_text(session, 404, "text/plain; charset=utf-8", Bytes::from_static(b"no route for this host and path\n")).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route_index);
+        match &runtime.routes.routes[route_index].action {
+            Action::Respond(r) => {
+                let r = r.clone();
+                respond_text(session, r.status, &r.content_type, Bytes::from(r.body.clone())).await?;
+                ctx.runtime = Some(runtime);
+                return Ok(true);
+            }
+            Action::Shard { pool, key } => {
+                ctx.pool = Some(*pool);
+                ctx.room = room_key(path, req.uri.query(), *key);
+            }
+            Action::Pool(pool) => ctx.pool = Some(*pool),
+        }
+        ctx.runtime = Some(runtime);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let runtime = ctx.runtime.clone().expect("set by request_filter");
+        let pool = &runtime.pools[ctx.pool.expect("only pool routes reach upstream_peer")];
+        let members = pool.members.load();
+        let now = self.shared.now_ms();
+        let exclude: &[usize] = match &ctx.failed {
+            Some(i) => std::slice::from_ref(i),
+            None => &[],
+        };
+        let index = match &ctx.room {
+            Some(room) => match pool.choose_for_room(&members, room, now, exclude) {
+                Some(choice) => {
+                    if let Choice::Moved(_) = choice {
+                        self.shared.metrics.room_moves.with_label_values(&[&pool.name]).inc();
+                    }
+                    Some(choice.index())
+                }
+                None => None,
+            },
+            None => pool.choose_any(&members, now, exclude),
+        };
+        let Some(index) = index else {
+            let why = if members.shards.is_empty() {
+                format!("pool {} has no shards", pool.name)
+            } else if ctx.room.is_some() {
+                format!("no shard of pool {} is up and accepting new rooms", pool.name)
+            } else {
+                format!("no shard of pool {} is up", pool.name)
+            };
+            ctx.refusal = Some(why.clone());
+            return Error::e_explain(HTTPStatus(503), why);
+        };
+        let shard = members.shards[index].clone();
+        debug!(pool = %pool.name, shard = %shard.name, room = ctx.room.as_deref().unwrap_or("-"), "chosen");
+        let timeouts = &runtime.config.timeouts;
+        let mut peer = HttpPeer::new(shard.next_addr(), false, String::new());
+        let inactivity = if ctx.upgrade { timeouts.tunnel } else { timeouts.idle };
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(inactivity);
+        peer.options.write_timeout = Some(inactivity);
+        peer.options.idle_timeout = Some(timeouts.keepalive);
+        peer.options.alpn = ALPN::H1;
+        ctx.attempts += 1;
+        ctx.shard = Some(shard);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        let (Some(runtime), Some(pool), Some(shard)) = (&ctx.runtime, ctx.pool, &ctx.shard) else {
+            return e;
+        };
+        let pool = &runtime.pools[pool];
+        let now = self.shared.now_ms();
+        shard.mark_down(now + pool.passive_down.as_millis() as u64);
+        self.shared
+            .metrics
+            .connect_failures
+            .with_label_values(&[&pool.name, &shard.name])
+            .inc();
+        warn!(pool = %pool.name, shard = %shard.name, error = %e, "shard refused the connection; marked down");
+        ctx.failed = pool.members.load().index_of(&shard.name);
+        if ctx.attempts < 2 {
+            e.set_retry(true);
+        } else {
+            ctx.refusal = Some(format!("shard {} of pool {} is unreachable", shard.name, pool.name));
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut Ctx) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        headers::add_forwarding(upstream, client, tls);
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if ctx.upgrade && resp.status == 101 && !ctx.tunnel_open {
+            ctx.tunnel_open = true;
+            self.shared.metrics.tunnels_open.inc();
+            if let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) {
+                runtime.pools[pool].tunnel_opened(room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 && session.response_written().is_none() {
+            let body = match (&ctx.refusal, code) {
+                (Some(why), _) => format!("{why}\n"),
+                (None, 502) => match &ctx.shard {
+                    Some(s) => format!("shard {} failed to answer\n", s.name),
+                    None => "bad gateway\n".to_owned(),
+                },
+                (None, 504) => "shard timed out\n".to_owned(),
+                (None, 400) => "bad request\n".to_owned(),
+                _ => format!("error {code}\n"),
+            };
+            let _ = respond_text(session, code, "text/plain; charset=utf-8", Bytes::from(body)).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16());
+        let Some(runtime) = &ctx.runtime else { return };
+        let route = ctx.route.map_or("-", |r| &runtime.routes.routes[r].label);
+        let pool = ctx.pool.map_or("-", |p| &runtime.pools[p].name);
+        let shard = ctx.shard.as_ref().map_or("-", |s| &s.name);
+        let m = &self.shared.metrics;
+        m.requests
+            .with_label_values(&[route, pool, shard, status_class(status)])
+            .inc();
+        if ctx.tunnel_open {
+            m.tunnels_open.dec();
+            if let (Some(p), Some(room)) = (ctx.pool, &ctx.room) {
+                runtime.pools[p].tunnel_closed(room);
+            }
+        } else if let Some(start) = ctx.upstream_start {
+            m.upstream_latency
+                .with_label_values(&[pool])
+                .observe(start.elapsed().as_secs_f64());
+        }
+    }
+}

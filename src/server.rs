@@ -1,0 +1,114 @@
+//! Assembles the pingora server from a validated config: the proxy service on every
+//! listener (TLS by rustls with h2 and HTTP/1.1 by ALPN), the admin listener, and the
+//! housekeeping task that keeps rooms with open tunnels in the stick tables.
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::Edge;
+use crate::runtime::Runtime;
+use crate::state::Shared;
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::ALPN;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+/// Builds and runs the server; returns when it shuts down.
+pub fn run(config: Config) -> Result<(), String> {
+    let mut conf = ServerConf::default();
+    conf.threads = threads();
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(config.timeouts.shutdown_grace.as_secs());
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let listeners = config.listener.clone();
+    let admin_addr = config.admin.as_ref().map(|a| a.addr);
+    let shared = Shared::new(Runtime::build(config));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Edge::new(shared.clone()),
+        "shardgate edge",
+    );
+    for l in &listeners {
+        let addr = l.addr.to_string();
+        match &l.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => {
+                let key = crate::tls::load_certified_key(&tls.cert, &tls.key)?;
+                let mut settings = TlsSettings::intermediate("", "")
+                    .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
+                settings.set_cert_resolver(Arc::new(FixedCert(key)));
+                settings.set_alpn(if tls.h2 { ALPN::H2H1 } else { ALPN::H1 });
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+        info!(addr = %l.addr, tls = l.tls.is_some(), "listening");
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = admin_addr {
+        let mut admin = Service::new("shardgate admin".to_owned(), Admin::new(shared.clone()));
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+        info!(%addr, "admin listening");
+    }
+    server.add_service(background_service("housekeeping", Housekeeping { shared }));
+    server.run(pingora::server::RunArgs::default());
+    Ok(())
+}
+
+/// Worker threads: `SHARDGATE_THREADS`, else one per CPU.
+fn threads() -> usize {
+    std::env::var("SHARDGATE_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The certificate a TLS listener presents.
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Refreshes the stick entries of rooms with open tunnels, a few times per stick TTL.
+struct Housekeeping {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let runtime = self.shared.runtime.load_full();
+            let min_ttl = runtime
+                .pools
+                .iter()
+                .map(|p| p.stick_ttl())
+                .min()
+                .unwrap_or(Duration::from_secs(60));
+            let tick = (min_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = shutdown.changed() => return,
+            }
+            for p in &runtime.pools {
+                p.refresh_open_tunnels();
+            }
+        }
+    }
+}
