@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "shardgate", version, about = "Edge proxy and load balancer for real-time conferencing")]
+#[command(
+    name = "shardgate",
+    version,
+    about = "Edge proxy and load balancer for real-time conferencing"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -21,7 +21,12 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let signing = any_supported_type(&der)
         .map_err(|e| format!("unsupported private key in {}: {e}", key.display()))?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|e| format!("{} does not belong to {}: {e}", key.display(), cert.display()))?;
+    ck.keys_match().map_err(|e| {
+        format!(
+            "{} does not belong to {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
     Ok(Arc::new(ck))
 }

@@ -21,30 +21,57 @@ impl Admin {
         Admin { shared }
     }
 
-    fn handle(&self, method: &Method, path: &str, query: Option<&str>, auth: Option<&str>) -> (StatusCode, &'static str, Vec<u8>) {
+    fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        auth: Option<&str>,
+    ) -> (StatusCode, &'static str, Vec<u8>) {
         let text = |code, body: &str| (code, "text/plain; charset=utf-8", body.as_bytes().to_vec());
         match (method, path) {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => return self.ready(),
             (&Method::GET, "/metrics") => {
                 self.refresh_gauges();
-                return (StatusCode::OK, "text/plain; version=0.0.4", self.shared.metrics.render());
+                return (
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    self.shared.metrics.render(),
+                );
             }
             _ => {}
         }
         let Some(rest) = path.strip_prefix("/admin/") else {
-            return text(StatusCode::NOT_FOUND, "not found; try /healthz /readyz /metrics /admin/shards\n");
+            return text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz /readyz /metrics /admin/shards\n",
+            );
         };
         let runtime = self.shared.runtime.load();
-        let Some(token) = runtime.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
-            return text(StatusCode::FORBIDDEN, "the admin API is disabled: set admin.token in the config\n");
+        let Some(token) = runtime
+            .config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_deref())
+        else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "the admin API is disabled: set admin.token in the config\n",
+            );
         };
         let presented = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
             return text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
         }
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-        let json_reply = |code, v: Value| (code, "application/json", serde_json::to_vec_pretty(&v).expect("json"));
+        let json_reply = |code, v: Value| {
+            (
+                code,
+                "application/json",
+                serde_json::to_vec_pretty(&v).expect("json"),
+            )
+        };
         match (method, segments.as_slice()) {
             (&Method::GET, ["shards"]) => json_reply(StatusCode::OK, self.shards_json()),
             (&Method::POST, ["shards", pool, shard, verb @ ("drain" | "undrain")]) => {
@@ -58,23 +85,38 @@ impl Admin {
                 let drain = *verb == "drain";
                 s.set_admin_drain(drain);
                 info!(pool = %p.name, shard = %s.name, drain, "admin changed drain state");
-                json_reply(StatusCode::OK, json!({ "pool": &*p.name, "shard": &*s.name, "state": s.state_name(self.shared.now_ms()) }))
+                json_reply(
+                    StatusCode::OK,
+                    json!({ "pool": &*p.name, "shard": &*s.name, "state": s.state_name(self.shared.now_ms()) }),
+                )
             }
             (&Method::GET, ["rooms", raw]) => {
                 let Some(key) = normalise(raw) else {
                     return text(StatusCode::BAD_REQUEST, "empty room\n");
                 };
-                let pool_filter = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("pool=")));
+                let pool_filter =
+                    query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("pool=")));
                 let places: Vec<Value> = runtime
                     .pools
                     .iter()
                     .filter(|p| pool_filter.is_none_or(|f| f == &*p.name))
-                    .filter_map(|p| p.stick.get(&key).map(|s| json!({ "pool": &*p.name, "shard": &*s })))
+                    .filter_map(|p| {
+                        p.stick
+                            .get(&key)
+                            .map(|s| json!({ "pool": &*p.name, "shard": &*s }))
+                    })
                     .collect();
-                let code = if places.is_empty() { StatusCode::NOT_FOUND } else { StatusCode::OK };
+                let code = if places.is_empty() {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::OK
+                };
                 json_reply(code, json!({ "room": key, "stuck": places }))
             }
-            _ => text(StatusCode::NOT_FOUND, "unknown admin call; see the README's admin API section\n"),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "unknown admin call; see the README's admin API section\n",
+            ),
         }
     }
 
@@ -85,9 +127,17 @@ impl Admin {
         for p in &runtime.pools {
             let members = p.members.load();
             let up = members.shards.iter().filter(|s| s.is_up(now)).count();
-            body.push_str(&format!("pool {}: {up}/{} shards up\n", p.name, members.shards.len()));
+            body.push_str(&format!(
+                "pool {}: {up}/{} shards up\n",
+                p.name,
+                members.shards.len()
+            ));
         }
-        (StatusCode::OK, "text/plain; charset=utf-8", body.into_bytes())
+        (
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            body.into_bytes(),
+        )
     }
 
     fn shards_json(&self) -> Value {
@@ -125,14 +175,18 @@ impl Admin {
         let m = &self.shared.metrics;
         m.shard_state.reset();
         for p in &runtime.pools {
-            m.stick_entries.with_label_values(&[&p.name]).set(p.stick.len() as i64);
+            m.stick_entries
+                .with_label_values(&[&p.name])
+                .set(p.stick.len() as i64);
             for s in &p.members.load().shards {
                 let state = match (s.is_up(now), s.is_draining()) {
                     (false, _) => "down",
                     (true, true) => "draining",
                     (true, false) => "up",
                 };
-                m.shard_state.with_label_values(&[&p.name, &s.name, state]).set(1);
+                m.shard_state
+                    .with_label_values(&[&p.name, &s.name, state])
+                    .set(1);
             }
         }
     }
@@ -146,8 +200,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let auth = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        let (code, content_type, body) = self.handle(&req.method, req.uri.path(), req.uri.query(), auth);
+        let auth = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let (code, content_type, body) =
+            self.handle(&req.method, req.uri.path(), req.uri.query(), auth);
         Response::builder()
             .status(code)
             .header("content-type", content_type)

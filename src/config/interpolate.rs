@@ -57,16 +57,26 @@ mod tests {
 
     #[test]
     fn substitutes_and_defaults() {
-        assert_eq!(interpolate("Bearer ${TOKEN}", &env).unwrap(), "Bearer s3cret");
+        assert_eq!(
+            interpolate("Bearer ${TOKEN}", &env).unwrap(),
+            "Bearer s3cret"
+        );
         assert_eq!(interpolate("${PORT:-8080}", &env).unwrap(), "8080");
         assert_eq!(interpolate("${TOKEN:-x}", &env).unwrap(), "s3cret");
-        assert_eq!(interpolate("cost $$5 and $x", &env).unwrap(), "cost $5 and $x");
+        assert_eq!(
+            interpolate("cost $$5 and $x", &env).unwrap(),
+            "cost $5 and $x"
+        );
     }
 
     #[test]
     fn reports_missing_and_malformed() {
-        assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE is not set"));
-        assert!(interpolate("${TOKEN", &env).unwrap_err().contains("unclosed"));
+        assert!(interpolate("${NOPE}", &env)
+            .unwrap_err()
+            .contains("NOPE is not set"));
+        assert!(interpolate("${TOKEN", &env)
+            .unwrap_err()
+            .contains("unclosed"));
         assert!(interpolate("${a b}", &env).is_err());
     }
 }

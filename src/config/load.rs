@@ -59,7 +59,11 @@ pub fn parse_with_env(
 
     let mut table: Table = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| s.start).unwrap_or(0);
-        ConfigErrors(vec![locate.error(at, String::new(), e.message().to_owned())])
+        ConfigErrors(vec![locate.error(
+            at,
+            String::new(),
+            e.message().to_owned(),
+        )])
     })?;
 
     let mut errors = Vec::new();
@@ -221,7 +225,8 @@ impl SpanIndex {
             DeValue::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     let p = format!("{path}[{i}]");
-                    self.spans.insert(p.clone(), (item.span().start, item.span()));
+                    self.spans
+                        .insert(p.clone(), (item.span().start, item.span()));
                     self.walk_value(item.get_ref(), &p);
                 }
             }
@@ -282,7 +287,9 @@ mod tests {
     use super::*;
 
     fn parse_env(text: &str) -> Result<Config, ConfigErrors> {
-        parse_with_env(text, "t.toml", &|n| (n == "TOKEN").then(|| "tok".to_owned()))
+        parse_with_env(text, "t.toml", &|n| {
+            (n == "TOKEN").then(|| "tok".to_owned())
+        })
     }
 
     const GOOD: &str = r#"
@@ -321,25 +328,46 @@ shard = { pool = "shards" }
     #[test]
     fn reports_every_error_with_position_and_path() {
         let text = GOOD
-            .replace("addr = \"127.0.0.1:8080\"", "addr = \"127.0.0.1:8080\"\nbogus = 1")
+            .replace(
+                "addr = \"127.0.0.1:8080\"",
+                "addr = \"127.0.0.1:8080\"\nbogus = 1",
+            )
             .replace("weight = 2", "weight = \"heavy\"")
-            .replace("path_prefix = \"/\"", "path_prefix = \"/\"\npool = \"nope\"");
+            .replace(
+                "path_prefix = \"/\"",
+                "path_prefix = \"/\"\npool = \"nope\"",
+            );
         let errs = parse_env(&text).unwrap_err().0;
         let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 2, "{shown:#?}");
-        assert!(shown[0].starts_with("t.toml:4:1: listener[0].bogus: unknown field `bogus`"), "{}", shown[0]);
-        assert!(shown[1].contains("pool[0].shards.list[1].weight"), "{}", shown[1]);
+        assert!(
+            shown[0].starts_with("t.toml:4:1: listener[0].bogus: unknown field `bogus`"),
+            "{}",
+            shown[0]
+        );
+        assert!(
+            shown[1].contains("pool[0].shards.list[1].weight"),
+            "{}",
+            shown[1]
+        );
         assert!(shown[1].starts_with("t.toml:14:"), "{}", shown[1]);
     }
 
     #[test]
     fn validation_errors_are_located() {
-        let text = GOOD.replace("shard = { pool = \"shards\" }", "shard = { pool = \"nope\" }");
+        let text = GOOD.replace(
+            "shard = { pool = \"shards\" }",
+            "shard = { pool = \"nope\" }",
+        );
         let errs = parse_env(&text).unwrap_err().0;
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].path, "route[0].shard.pool");
         assert_eq!((errs[0].line, errs[0].column), (18, 18), "{}", errs[0]);
-        assert!(errs[0].message.contains("no pool named \"nope\""), "{}", errs[0]);
+        assert!(
+            errs[0].message.contains("no pool named \"nope\""),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

@@ -26,15 +26,20 @@ const TOO_LARGE: Reject = Reject {
 /// Refuses header blocks over `max_bytes` and the framing ambiguities request smuggling uses:
 /// Content-Length with Transfer-Encoding, several Content-Length values, several Host headers,
 /// and an HTTP/1.1 request without Host. `raw` is the HTTP/1 header block as received.
-pub fn check_request(req: &RequestHeader, raw: Option<&[u8]>, max_bytes: usize) -> Result<(), Reject> {
+pub fn check_request(
+    req: &RequestHeader,
+    raw: Option<&[u8]>,
+    max_bytes: usize,
+) -> Result<(), Reject> {
     let size = match raw {
         Some(raw) => raw.len(),
-        None => req
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>()
-            + req.uri.to_string().len(),
+        None => {
+            req.headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>()
+                + req.uri.to_string().len()
+        }
     };
     if size > max_bytes {
         return Err(TOO_LARGE);
@@ -89,7 +94,11 @@ fn has_content_length_line(raw: &[u8]) -> bool {
 /// X-Forwarded-Host on a request bound for a shard.
 pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, tls: bool) {
     if let Some(ip) = client {
-        let value = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let value = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
             _ => ip.to_string(),
         };
@@ -98,11 +107,11 @@ pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, tls: bool
         }
     }
     let _ = req.insert_header("x-forwarded-proto", if tls { "https" } else { "http" });
-    let host = req
-        .headers
-        .get(HOST)
-        .cloned()
-        .or_else(|| req.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = req.headers.get(HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     if let Some(host) = host {
         let _ = req.insert_header("x-forwarded-host", host);
     }
@@ -124,7 +133,11 @@ mod tests {
     fn smuggling_forms_are_rejected() {
         let ok = req(&[("host", "a"), ("content-length", "3")]);
         assert_eq!(check_request(&ok, None, 32768), Ok(()));
-        let dup = req(&[("host", "a"), ("content-length", "3"), ("content-length", "3")]);
+        let dup = req(&[
+            ("host", "a"),
+            ("content-length", "3"),
+            ("content-length", "3"),
+        ]);
         assert_eq!(check_request(&dup, None, 32768).unwrap_err().status, 400);
         let list = req(&[("host", "a"), ("content-length", "3, 3")]);
         assert!(check_request(&list, None, 32768).is_err());
@@ -137,9 +150,17 @@ mod tests {
         let raw_ok = b"POST / HTTP/1.1\r\nHost: a\r\nX-Content-Length-Note: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(check_request(&te, Some(raw_ok), 32768), Ok(()));
         let two_hosts = req(&[("host", "a"), ("host", "b")]);
-        assert_eq!(check_request(&two_hosts, None, 32768).unwrap_err().reason, "duplicate_host");
+        assert_eq!(
+            check_request(&two_hosts, None, 32768).unwrap_err().reason,
+            "duplicate_host"
+        );
         let no_host = req(&[]);
-        assert_eq!(check_request(&no_host, Some(b"GET / HTTP/1.1\r\n\r\n"), 32768).unwrap_err().reason, "missing_host");
+        assert_eq!(
+            check_request(&no_host, Some(b"GET / HTTP/1.1\r\n\r\n"), 32768)
+                .unwrap_err()
+                .reason,
+            "missing_host"
+        );
     }
 
     #[test]
@@ -151,7 +172,10 @@ mod tests {
 
     #[test]
     fn forwarding_headers() {
-        let mut r = req(&[("host", "meet.example.com"), ("x-forwarded-for", "198.51.100.1")]);
+        let mut r = req(&[
+            ("host", "meet.example.com"),
+            ("x-forwarded-for", "198.51.100.1"),
+        ]);
         add_forwarding(&mut r, Some("127.0.0.9".parse().unwrap()), true);
         assert_eq!(r.headers["x-forwarded-for"], "198.51.100.1, 127.0.0.9");
         assert_eq!(r.headers["x-forwarded-proto"], "https");

@@ -42,7 +42,7 @@ pub struct Ctx {
     shard: Option<Arc<Shard>>,
     /// Index of a shard that refused the connection; the retry avoids it.
     failed: Option<usize>,
-    attempts: u8,
+    connect_failures: u8,
     upgrade: bool,
     tunnel_open: bool,
     upstream_start: Option<Instant>,
@@ -78,9 +78,11 @@ impl ProxyHttp for Edge {
         let limits = &runtime.config.limits;
         let timeouts = &runtime.config.timeouts;
         let raw = session.as_http1().map(|h1| h1.get_headers_raw_bytes());
-        if let Err(reject) =
-            headers::check_request(session.req_header(), raw.as_deref(), limits.max_header_bytes)
-        {
+        if let Err(reject) = headers::check_request(
+            session.req_header(),
+            raw.as_deref(),
+            limits.max_header_bytes,
+        ) {
             debug!(reason = reject.reason, "request rejected");
             self.shared
                 .metrics
@@ -88,7 +90,13 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[reject.reason])
                 .inc();
             session.set_keepalive(None);
-            respond_text(session, reject.status, "text/plain; charset=utf-8", Bytes::from_static(reject.message.as_bytes())).await?;
+            respond_text(
+                session,
+                reject.status,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(reject.message.as_bytes()),
+            )
+            .await?;
             return Ok(true);
         }
         if session.get_keepalive().is_some() {
@@ -109,15 +117,31 @@ impl ProxyHttp for Edge {
             .or_else(|| req.uri.host());
         let path = req.uri.path();
         let Some(route_index) = runtime.routes.find(host, path) else {
-            self.shared.metrics.rejected.with_label_values(&["no_route"]).inc();
-            respond_text(session, 404, "text/plain; charset=utf-8", Bytes::from_static(b"no route for this host and path\n")).await?;
+            self.shared
+                .metrics
+                .rejected
+                .with_label_values(&["no_route"])
+                .inc();
+            respond_text(
+                session,
+                404,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"no route for this host and path\n"),
+            )
+            .await?;
             return Ok(true);
         };
         ctx.route = Some(route_index);
         match &runtime.routes.routes[route_index].action {
             Action::Respond(r) => {
                 let r = r.clone();
-                respond_text(session, r.status, &r.content_type, Bytes::from(r.body.clone())).await?;
+                respond_text(
+                    session,
+                    r.status,
+                    &r.content_type,
+                    Bytes::from(r.body.clone()),
+                )
+                .await?;
                 ctx.runtime = Some(runtime);
                 return Ok(true);
             }
@@ -144,7 +168,11 @@ impl ProxyHttp for Edge {
             Some(room) => match pool.choose_for_room(&members, room, now, exclude) {
                 Some(choice) => {
                     if let Choice::Moved(_) = choice {
-                        self.shared.metrics.room_moves.with_label_values(&[&pool.name]).inc();
+                        self.shared
+                            .metrics
+                            .room_moves
+                            .with_label_values(&[&pool.name])
+                            .inc();
                     }
                     Some(choice.index())
                 }
@@ -156,7 +184,10 @@ impl ProxyHttp for Edge {
             let why = if members.shards.is_empty() {
                 format!("pool {} has no shards", pool.name)
             } else if ctx.room.is_some() {
-                format!("no shard of pool {} is up and accepting new rooms", pool.name)
+                format!(
+                    "no shard of pool {} is up and accepting new rooms",
+                    pool.name
+                )
             } else {
                 format!("no shard of pool {} is up", pool.name)
             };
@@ -167,19 +198,28 @@ impl ProxyHttp for Edge {
         debug!(pool = %pool.name, shard = %shard.name, room = ctx.room.as_deref().unwrap_or("-"), "chosen");
         let timeouts = &runtime.config.timeouts;
         let mut peer = HttpPeer::new(shard.next_addr(), false, String::new());
-        let inactivity = if ctx.upgrade { timeouts.tunnel } else { timeouts.idle };
+        let inactivity = if ctx.upgrade {
+            timeouts.tunnel
+        } else {
+            timeouts.idle
+        };
         peer.options.connection_timeout = Some(timeouts.connect);
         peer.options.read_timeout = Some(inactivity);
         peer.options.write_timeout = Some(inactivity);
         peer.options.idle_timeout = Some(timeouts.keepalive);
         peer.options.alpn = ALPN::H1;
-        ctx.attempts += 1;
         ctx.shard = Some(shard);
         ctx.upstream_start = Some(Instant::now());
         Ok(Box::new(peer))
     }
 
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let (Some(runtime), Some(pool), Some(shard)) = (&ctx.runtime, ctx.pool, &ctx.shard) else {
             return e;
         };
@@ -193,15 +233,24 @@ impl ProxyHttp for Edge {
             .inc();
         warn!(pool = %pool.name, shard = %shard.name, error = %e, "shard refused the connection; marked down");
         ctx.failed = pool.members.load().index_of(&shard.name);
-        if ctx.attempts < 2 {
+        ctx.connect_failures += 1;
+        if ctx.connect_failures < 2 {
             e.set_retry(true);
         } else {
-            ctx.refusal = Some(format!("shard {} of pool {} is unreachable", shard.name, pool.name));
+            ctx.refusal = Some(format!(
+                "shard {} of pool {} is unreachable",
+                shard.name, pool.name
+            ));
         }
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, _ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -211,7 +260,12 @@ impl ProxyHttp for Edge {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if ctx.upgrade && resp.status == 101 && !ctx.tunnel_open {
             ctx.tunnel_open = true;
             self.shared.metrics.tunnels_open.inc();
@@ -235,6 +289,8 @@ impl ProxyHttp for Edge {
             },
         };
         if code > 0 && session.response_written().is_none() {
+            // The connection is not reused after an error: say so, so clients do not race it.
+            session.set_keepalive(None);
             let body = match (&ctx.refusal, code) {
                 (Some(why), _) => format!("{why}\n"),
                 (None, 502) => match &ctx.shard {
@@ -245,7 +301,13 @@ impl ProxyHttp for Edge {
                 (None, 400) => "bad request\n".to_owned(),
                 _ => format!("error {code}\n"),
             };
-            let _ = respond_text(session, code, "text/plain; charset=utf-8", Bytes::from(body)).await;
+            let _ = respond_text(
+                session,
+                code,
+                "text/plain; charset=utf-8",
+                Bytes::from(body),
+            )
+            .await;
         }
         FailToProxy {
             error_code: code,

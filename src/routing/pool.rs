@@ -67,7 +67,9 @@ impl Shard {
 
     /// Passive health: the shard refused a connection; leave it out until `until_ms`.
     pub fn mark_down(&self, until_ms: u64) {
-        self.state.down_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+        self.state
+            .down_until_ms
+            .fetch_max(until_ms, Ordering::Relaxed);
     }
 
     /// The next of the shard's web servers, round robin.
@@ -270,7 +272,10 @@ mod tests {
     fn draining_shard_keeps_its_rooms_and_gets_no_new_ones() {
         let p = pool(3);
         let rooms: Vec<String> = (0..300).map(|i| format!("room-{i}")).collect();
-        let before: Vec<_> = rooms.iter().map(|r| room_shard(&p, r, 0).unwrap()).collect();
+        let before: Vec<_> = rooms
+            .iter()
+            .map(|r| room_shard(&p, r, 0).unwrap())
+            .collect();
         p.members.load().shards[1].set_admin_drain(true);
         for (r, b) in rooms.iter().zip(&before) {
             assert_eq!(&room_shard(&p, r, 0).unwrap(), b, "stuck rooms stay");
@@ -284,9 +289,15 @@ mod tests {
     fn down_shard_rooms_move_together_and_stay() {
         let p = pool(3);
         let rooms: Vec<String> = (0..300).map(|i| format!("room-{i}")).collect();
-        let before: Vec<_> = rooms.iter().map(|r| room_shard(&p, r, 0).unwrap()).collect();
+        let before: Vec<_> = rooms
+            .iter()
+            .map(|r| room_shard(&p, r, 0).unwrap())
+            .collect();
         p.members.load().shards[0].mark_down(10_000);
-        let after: Vec<_> = rooms.iter().map(|r| room_shard(&p, r, 5).unwrap()).collect();
+        let after: Vec<_> = rooms
+            .iter()
+            .map(|r| room_shard(&p, r, 5).unwrap())
+            .collect();
         for ((b, a), _) in before.iter().zip(&after).zip(&rooms) {
             if b == "shard-0" {
                 assert_ne!(a, "shard-0");
@@ -295,7 +306,10 @@ mod tests {
             }
         }
         // The shard comes back: moved rooms stay where they went.
-        let back: Vec<_> = rooms.iter().map(|r| room_shard(&p, r, 20_000).unwrap()).collect();
+        let back: Vec<_> = rooms
+            .iter()
+            .map(|r| room_shard(&p, r, 20_000).unwrap())
+            .collect();
         assert_eq!(back, after);
     }
 
@@ -320,6 +334,9 @@ mod tests {
             assert_eq!(i, 1);
         }
         m.shards[1].set_admin_drain(true);
-        assert!(p.choose_any(&m, 0, &[2]).is_some(), "draining shards serve when nothing else can");
+        assert!(
+            p.choose_any(&m, 0, &[2]).is_some(),
+            "draining shards serve when nothing else can"
+        );
     }
 }

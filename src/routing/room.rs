@@ -11,7 +11,12 @@ use percent_encoding::percent_decode_str;
 
 /// Path segments after which Jitsi puts signalling endpoints; the segment before one of these
 /// is the tenant.
-const JITSI_ENDPOINTS: [&str; 4] = ["http-bind", "xmpp-websocket", "conference-request", "config.js"];
+const JITSI_ENDPOINTS: [&str; 4] = [
+    "http-bind",
+    "xmpp-websocket",
+    "conference-request",
+    "config.js",
+];
 
 /// The normalised room key of a request, or `None` when it names no room.
 /// `path` is the path without the query; `query` is what follows `?`, if anything.
@@ -70,9 +75,18 @@ mod tests {
 
     #[test]
     fn jitsi_signalling_paths() {
-        assert_eq!(param("/http-bind", "room=MyRoom").as_deref(), Some("myroom"));
-        assert_eq!(param("/xmpp-websocket", "room=myroom&previd=abc").as_deref(), Some("myroom"));
-        assert_eq!(param("/conference-request/v1", "room=a").as_deref(), Some("a"));
+        assert_eq!(
+            param("/http-bind", "room=MyRoom").as_deref(),
+            Some("myroom")
+        );
+        assert_eq!(
+            param("/xmpp-websocket", "room=myroom&previd=abc").as_deref(),
+            Some("myroom")
+        );
+        assert_eq!(
+            param("/conference-request/v1", "room=a").as_deref(),
+            Some("a")
+        );
         assert_eq!(param("/config.js", "x=1&room=Big").as_deref(), Some("big"));
         assert_eq!(param("/http-bind", "previd=abc"), None);
         assert_eq!(param("/http-bind", "room="), None);
@@ -81,18 +95,30 @@ mod tests {
 
     #[test]
     fn tenants() {
-        assert_eq!(param("/Acme/http-bind", "room=Standup").as_deref(), Some("acme/standup"));
-        assert_eq!(param("/acme/xmpp-websocket", "room=standup").as_deref(), Some("acme/standup"));
+        assert_eq!(
+            param("/Acme/http-bind", "room=Standup").as_deref(),
+            Some("acme/standup")
+        );
+        assert_eq!(
+            param("/acme/xmpp-websocket", "room=standup").as_deref(),
+            Some("acme/standup")
+        );
         // A first segment that is not followed by a Jitsi endpoint is no tenant.
         assert_eq!(param("/static/app.js", "room=x").as_deref(), Some("x"));
     }
 
     #[test]
     fn percent_decoded_once() {
-        assert_eq!(param("/http-bind", "room=my%52oom").as_deref(), Some("myroom"));
+        assert_eq!(
+            param("/http-bind", "room=my%52oom").as_deref(),
+            Some("myroom")
+        );
         assert_eq!(param("/http-bind", "room=100%25").as_deref(), Some("100%"));
         assert_eq!(param("/http-bind", "room=a%2525").as_deref(), Some("a%25"));
-        assert_eq!(param("/http-bind", "room=%C3%84rger").as_deref(), Some("ärger"));
+        assert_eq!(
+            param("/http-bind", "room=%C3%84rger").as_deref(),
+            Some("ärger")
+        );
     }
 
     #[test]

@@ -105,7 +105,10 @@ mod tests {
                 CompiledRoute::new(&route("/", Some("Meet.Example.com"), "c"), idx),
                 CompiledRoute::new(
                     &Route {
-                        shard: Some(ShardAction { pool: "a".into(), key: RoomKeySource::RoomParam }),
+                        shard: Some(ShardAction {
+                            pool: "a".into(),
+                            key: RoomKeySource::RoomParam,
+                        }),
                         pool: None,
                         ..route("/", None, "a")
                     },
@@ -114,9 +117,15 @@ mod tests {
             ],
         };
         assert_eq!(table.find(None, "/colibri-ws/x/y"), Some(0));
-        assert_eq!(table.find(Some("meet.example.com:443"), "/http-bind"), Some(1));
+        assert_eq!(
+            table.find(Some("meet.example.com:443"), "/http-bind"),
+            Some(1)
+        );
         assert_eq!(table.find(Some("other.example.com"), "/http-bind"), Some(2));
-        assert!(matches!(table.routes[2].action, Action::Shard { pool: 0, .. }));
+        assert!(matches!(
+            table.routes[2].action,
+            Action::Shard { pool: 0, .. }
+        ));
         assert_eq!(table.routes[1].label.as_ref(), "Meet.Example.com/");
     }
 

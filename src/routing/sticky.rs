@@ -123,7 +123,9 @@ mod tests {
         let uniform = weights.windows(2).all(|w| w[0] == w[1]);
         hrw_pick(
             room,
-            set.iter().enumerate().map(|(i, (_, seed))| (i, *seed, weights[i])),
+            set.iter()
+                .enumerate()
+                .map(|(i, (_, seed))| (i, *seed, weights[i])),
             uniform,
         )
         .map(|i| set[i].0.clone())
@@ -168,14 +170,21 @@ mod tests {
         let mut weighted = HashMap::new();
         for i in 0..30_000 {
             let room = format!("room-{i}");
-            *even.entry(pick(&room, &set, &[1, 1, 1]).unwrap()).or_insert(0) += 1;
-            *weighted.entry(pick(&room, &set, &[1, 1, 2]).unwrap()).or_insert(0) += 1;
+            *even
+                .entry(pick(&room, &set, &[1, 1, 1]).unwrap())
+                .or_insert(0) += 1;
+            *weighted
+                .entry(pick(&room, &set, &[1, 1, 2]).unwrap())
+                .or_insert(0) += 1;
         }
         for n in even.values() {
             assert!((9_000..=11_000).contains(n), "{even:?}");
         }
         let w2 = weighted["shard-2"] as f64 / 30_000.0;
-        assert!((0.47..0.53).contains(&w2), "weight 2 of 4 should take half: {weighted:?}");
+        assert!(
+            (0.47..0.53).contains(&w2),
+            "weight 2 of 4 should take half: {weighted:?}"
+        );
     }
 
     #[test]

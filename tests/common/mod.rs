@@ -1,0 +1,309 @@
+//! Test harness: fake shard backends on loopback that answer with their own name, and the real
+//! `shardgate` binary started on a generated config. Everything binds 127.0.0.1.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+/// A free loopback port (bound then released; the test binds it again right away).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What a fake shard saw.
+#[derive(Default)]
+pub struct Seen {
+    pub requests: AtomicUsize,
+    /// Request lines and headers of recent requests, for header assertions.
+    pub last_headers: Mutex<Vec<(String, String)>>,
+}
+
+/// A fake Jitsi shard: answers `<name>\n` with header `x-shard: <name>`; `/hold?ms=N` answers
+/// after N ms (BOSH-like); WebSocket upgrades echo every message prefixed with `<name>:`.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    task: JoinHandle<()>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::start_on(name, 0).await
+    }
+
+    pub async fn start_on(name: &str, port: u16) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let name_owned = name.to_owned();
+        let seen_task = seen.clone();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let conns = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let name = name_owned.clone();
+                let seen = seen_task.clone();
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(name.clone(), seen.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+                conns.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        Backend {
+            name: name.to_owned(),
+            addr,
+            seen,
+            task,
+            connections,
+        }
+    }
+
+    /// Like a crashed pod: stops accepting, drops the listener and every open connection.
+    pub fn kill(&self) {
+        self.task.abort();
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.seen.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn handle(
+    name: String,
+    seen: Arc<Seen>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    *seen.last_headers.lock().unwrap() = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    if req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let upgrade = hyper::upgrade::on(&mut req);
+        let ws_name = name.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() {
+                    let reply = format!("{ws_name}:{}", msg.into_text().unwrap());
+                    if ws.send(reply.into()).await.is_err() {
+                        return;
+                    }
+                } else if msg.is_close() {
+                    return;
+                }
+            }
+        });
+        let accept = derive_accept_key(key.as_ref().map(|k| k.as_bytes()).unwrap_or(b""));
+        return Ok(Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", accept)
+            .body(Full::new(Bytes::new()))
+            .unwrap());
+    }
+    if req.uri().path() == "/hold" {
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(Response::builder()
+        .header("x-shard", &name)
+        .body(Full::new(Bytes::from(format!("{name}\n"))))
+        .unwrap())
+}
+
+/// A running `shardgate run --config …`, killed on drop.
+pub struct Shardgate {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The `[[listener]]` + `[admin]` head of a config, with fresh ports.
+pub fn config_head(token: &str) -> (String, SocketAddr, SocketAddr) {
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "[[listener]]\naddr = \"{http}\"\n\n[admin]\naddr = \"{admin}\"\ntoken = \"{token}\"\n\n"
+    );
+    (text, http, admin)
+}
+
+/// A pool `name` over `backends` (shard names from the backends) plus a sticky `/` route.
+pub fn shard_pool(name: &str, backends: &[&Backend]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("  {{ name = \"{}\", addrs = [\"{}\"] }},", b.name, b.addr))
+        .collect();
+    format!(
+        "[[pool]]\nname = \"{name}\"\npassive_down = \"30s\"\nshards.list = [\n{}\n]\n\n",
+        list.join("\n")
+    )
+}
+
+impl Shardgate {
+    /// Starts shardgate on `config` (which must use `http`/`admin` from [`config_head`]) and
+    /// waits until its admin listener answers.
+    pub fn start(config: &str, http: SocketAddr, admin: SocketAddr) -> Shardgate {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shardgate.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_file(path, dir, http, admin)
+    }
+
+    pub fn start_file(
+        path: PathBuf,
+        dir: tempfile::TempDir,
+        http: SocketAddr,
+        admin: SocketAddr,
+    ) -> Shardgate {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .env("SHARDGATE_THREADS", "2")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shardgate");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut sg = Shardgate {
+            child,
+            http,
+            admin,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::net::TcpStream::connect(admin).is_ok()
+                && std::net::TcpStream::connect(http).is_ok()
+            {
+                return sg;
+            }
+            if let Ok(Some(status)) = sg.child.try_wait() {
+                panic!(
+                    "shardgate exited with {status}: {}",
+                    sg.log.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shardgate did not start: {}",
+                sg.log.lock().unwrap().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+impl Drop for Shardgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client with keep-alive and no proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+/// GET `url` and return (status, body).
+pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = c
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
