@@ -71,6 +71,12 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
         )
         .init();
+    // Every tunnel holds two sockets: raise the soft file limit to the hard one, as nginx's
+    // worker_rlimit_nofile and HAProxy's automatic maxconn do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let config = match &path {
         Some(p) => config::load_file(p),
         None => config::parse(config::DEFAULT_CONFIG, "<embedded default>"),

@@ -22,15 +22,22 @@ use tracing::info;
 
 /// Builds and runs the server; returns when it shuts down.
 pub fn run(config: Config) -> Result<(), String> {
-    let mut conf = ServerConf::default();
-    conf.threads = threads();
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(config.timeouts.shutdown_grace.as_secs());
+    let conf = ServerConf {
+        threads: threads(),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.timeouts.shutdown_grace.as_secs()),
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
     let listeners = config.listener.clone();
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
+    // pingora waits and retries on an address in use (for upgrades); a fresh start should
+    // instead say at once which address is taken.
+    for addr in listeners.iter().map(|l| l.addr).chain(admin_addr) {
+        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    }
     let shared = Shared::new(Runtime::build(config));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(

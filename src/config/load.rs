@@ -4,7 +4,7 @@
 
 use super::error::{ConfigError, ConfigErrors};
 use super::interpolate::interpolate;
-use super::model::Config;
+use super::model::{Config, Listener, Pool, Route};
 use super::validate::validate;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
@@ -76,79 +76,110 @@ pub fn parse_with_env(
         return Err(ConfigErrors(errors));
     }
 
-    let config = deserialize_sections(table, &spans, &locate, &mut errors);
-    if let Some(config) = &config {
-        for (path, message) in validate(config) {
+    // Validate even when some sections failed to deserialize (placeholders stand in for
+    // them), so one run reports every error; rules about a failed section are left out.
+    let (config, failed) = deserialize_sections(table, &spans, &locate, &mut errors);
+    let inside_failed = |path: &str| {
+        failed.iter().any(|f| {
+            path == f
+                || path
+                    .strip_prefix(f.as_str())
+                    .is_some_and(|r| r.starts_with(['.', '[']))
+        })
+    };
+    for (path, message) in validate(&config) {
+        if !inside_failed(&path) {
             errors.push(spans.error(&locate, &path, message));
         }
-        for (i, l) in config.listener.iter().enumerate() {
-            if let Some(tls) = &l.tls {
-                if let Err(message) = crate::tls::load_certified_key(&tls.cert, &tls.key) {
-                    errors.push(spans.error(&locate, &format!("listener[{i}].tls"), message));
-                }
+    }
+    for (i, l) in config.listener.iter().enumerate() {
+        if let (Some(tls), false) = (&l.tls, inside_failed(&format!("listener[{i}]"))) {
+            if let Err(message) = crate::tls::load_certified_key(&tls.cert, &tls.key) {
+                errors.push(spans.error(&locate, &format!("listener[{i}].tls"), message));
             }
         }
     }
-    match config {
-        Some(config) if errors.is_empty() => Ok(config),
-        _ => {
-            errors.sort_by_key(|e| (e.line, e.column));
-            Err(ConfigErrors(errors))
-        }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
     }
 }
-
-/// Deserializes each top-level section (and each element of `[[array]]` sections) on its own,
-/// so that every section's first error is reported, then the whole file once they all pass.
+/// Deserializes each top-level section, and each element of `[[array]]` sections, on its own
+/// so that every section's error is reported. Returns the config with placeholders where a
+/// part failed, and the key paths of the failed parts.
 fn deserialize_sections(
     table: Table,
     spans: &SpanIndex,
     locate: &Locator,
     errors: &mut Vec<ConfigError>,
-) -> Option<Config> {
-    let before = errors.len();
-    for (key, value) in &table {
-        match value {
-            Value::Array(items) if matches!(key.as_str(), "listener" | "pool" | "route") => {
-                for (i, item) in items.iter().enumerate() {
-                    let path = format!("{key}[{i}]");
-                    let res = match key.as_str() {
-                        "listener" => check::<super::model::Listener>(item).map(drop),
-                        "pool" => check::<super::model::Pool>(item).map(drop),
-                        _ => check::<super::model::Route>(item).map(drop),
-                    };
-                    if let Err((sub, msg)) = res {
-                        errors.push(spans.error(locate, &join(&path, &sub), msg));
+) -> (Config, Vec<String>) {
+    let mut config = Config::placeholder();
+    let mut failed = Vec::new();
+    // `sub` is the error's path inside the part at `path`.
+    let mut fail = |path: String, (sub, msg): (String, String), errors: &mut Vec<ConfigError>| {
+        let at = if sub.starts_with(&path) {
+            sub
+        } else {
+            join(&path, &sub)
+        };
+        errors.push(spans.error(locate, &at, msg));
+        failed.push(path);
+    };
+    for (key, value) in table {
+        match (key.as_str(), value) {
+            ("listener", Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    match check(item) {
+                        Ok(l) => config.listener.push(l),
+                        Err(e) => {
+                            fail(format!("listener[{i}]"), e, errors);
+                            config.listener.push(Listener::placeholder());
+                        }
                     }
                 }
             }
-            _ => {
+            ("pool", Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let name = item.get("name").and_then(Value::as_str).map(str::to_owned);
+                    match check(item) {
+                        Ok(p) => config.pool.push(p),
+                        Err(e) => {
+                            fail(format!("pool[{i}]"), e, errors);
+                            config
+                                .pool
+                                .push(Pool::placeholder(name.unwrap_or_default()));
+                        }
+                    }
+                }
+            }
+            ("route", Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    match check(item) {
+                        Ok(r) => config.route.push(r),
+                        Err(e) => {
+                            fail(format!("route[{i}]"), e, errors);
+                            config.route.push(Route::placeholder());
+                        }
+                    }
+                }
+            }
+            (_, value) => {
                 let mut one = Table::new();
-                one.insert(key.clone(), value.clone());
-                if let Err((sub, msg)) = check_table(one) {
-                    errors.push(spans.error(locate, &sub, msg));
+                one.insert(key.clone(), value);
+                match check::<Config>(Value::Table(one)) {
+                    Ok(part) => config.take_section(&key, part),
+                    Err(e) => fail(key, e, errors),
                 }
             }
         }
     }
-    if errors.len() > before {
-        return None;
-    }
-    match check_table(table) {
-        Ok(config) => Some(config),
-        Err((path, msg)) => {
-            errors.push(spans.error(locate, &path, msg));
-            None
-        }
-    }
+    (config, failed)
 }
 
-fn check<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value.clone()).map_err(split_error)
-}
-
-fn check_table(table: Table) -> Result<Config, (String, String)> {
-    serde_path_to_error::deserialize(table).map_err(split_error)
+fn check<T: DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(split_error)
 }
 
 fn split_error(e: serde_path_to_error::Error<toml::de::Error>) -> (String, String) {
@@ -339,7 +370,7 @@ shard = { pool = "shards" }
             );
         let errs = parse_env(&text).unwrap_err().0;
         let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert_eq!(errs.len(), 2, "{shown:#?}");
+        assert_eq!(errs.len(), 4, "{shown:#?}");
         assert!(
             shown[0].starts_with("t.toml:4:1: listener[0].bogus: unknown field `bogus`"),
             "{}",
@@ -351,6 +382,17 @@ shard = { pool = "shards" }
             shown[1]
         );
         assert!(shown[1].starts_with("t.toml:14:"), "{}", shown[1]);
+        // Validation runs beside serde errors: the route's two actions and its missing pool.
+        assert!(
+            shown[2].starts_with("t.toml:17:1: route[0]: more than one action"),
+            "{}",
+            shown[2]
+        );
+        assert!(
+            shown[3].starts_with("t.toml:19:8: route[0].pool: no pool named \"nope\""),
+            "{}",
+            shown[3]
+        );
     }
 
     #[test]

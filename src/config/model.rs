@@ -247,3 +247,68 @@ fn socket_addrs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::E
         .collect::<Result<_, _>>()
         .map_err(serde::de::Error::custom)
 }
+
+/// Stand-ins for parts of a file that failed to deserialize, so the rest can still be
+/// validated. Never served: a file with any error is rejected as a whole.
+impl Config {
+    pub(crate) fn placeholder() -> Self {
+        Config {
+            listener: Vec::new(),
+            admin: None,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            pool: Vec::new(),
+            route: Vec::new(),
+        }
+    }
+
+    /// Moves the section `key` of `part` (a config holding only that section) into `self`.
+    pub(crate) fn take_section(&mut self, key: &str, part: Config) {
+        match key {
+            "listener" => self.listener = part.listener,
+            "admin" => self.admin = part.admin,
+            "timeouts" => self.timeouts = part.timeouts,
+            "limits" => self.limits = part.limits,
+            "pool" => self.pool = part.pool,
+            "route" => self.route = part.route,
+            _ => {}
+        }
+    }
+}
+
+impl Listener {
+    pub(crate) fn placeholder() -> Self {
+        Listener {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: None,
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn placeholder(name: String) -> Self {
+        Pool {
+            name,
+            shards: None,
+            sticky: Sticky::default(),
+            passive_down: default_passive_down(),
+        }
+    }
+}
+
+impl Route {
+    pub(crate) fn placeholder() -> Self {
+        Route {
+            name: None,
+            path_prefix: slash(),
+            host: None,
+            shard: None,
+            pool: None,
+            respond: Some(Respond {
+                status: ok(),
+                body: String::new(),
+                content_type: text_plain(),
+            }),
+        }
+    }
+}

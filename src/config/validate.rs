@@ -86,7 +86,7 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
             err(format!("{at}.sticky.ttl"), "must be more than 0s".into());
         }
         let Some(shards) = &p.shards else {
-            err(format!("{at}"), "no members; expected shards.list = [{ name = \"shard-0\", addrs = [\"10.0.0.5:80\"] }, …]".into());
+            err(at.clone(), "no members; expected shards.list = [{ name = \"shard-0\", addrs = [\"10.0.0.5:80\"] }, …]".into());
             continue;
         };
         if shards.list.is_empty() {

@@ -94,15 +94,18 @@ fn has_content_length_line(raw: &[u8]) -> bool {
 /// X-Forwarded-Host on a request bound for a shard.
 pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, tls: bool) {
     if let Some(ip) = client {
-        let value = match req
+        // Several X-Forwarded-For lines are one comma-separated list (RFC 9110 5.3).
+        let mut hops: Vec<&str> = req
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        let ip = ip.to_string();
+        hops.push(&ip);
+        if let Ok(v) = HeaderValue::from_str(&hops.join(", ")) {
             let _ = req.insert_header("x-forwarded-for", v);
         }
     }
@@ -178,6 +181,17 @@ mod tests {
         ]);
         add_forwarding(&mut r, Some("127.0.0.9".parse().unwrap()), true);
         assert_eq!(r.headers["x-forwarded-for"], "198.51.100.1, 127.0.0.9");
+        let mut two = req(&[
+            ("host", "a"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "203.0.113.9"),
+        ]);
+        add_forwarding(&mut two, Some("127.0.0.9".parse().unwrap()), false);
+        assert_eq!(two.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            two.headers["x-forwarded-for"],
+            "198.51.100.1, 203.0.113.9, 127.0.0.9"
+        );
         assert_eq!(r.headers["x-forwarded-proto"], "https");
         assert_eq!(r.headers["x-forwarded-host"], "meet.example.com");
     }

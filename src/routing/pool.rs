@@ -231,12 +231,12 @@ impl Pool {
         }
         let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let usable = |i: &usize| members.shards[*i].is_up(now_ms) && !exclude.contains(i);
-        let order = (0..n).map(|k| (start + k) % n);
+        let mut order = (0..n).map(|k| (start + k) % n);
         order
             .clone()
             .filter(usable)
             .find(|&i| !members.shards[i].is_draining())
-            .or_else(|| order.filter(usable).next())
+            .or_else(|| order.find(usable))
     }
 }
 

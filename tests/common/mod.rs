@@ -215,7 +215,10 @@ impl Shardgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SHARDGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("SHARDGATE_THREADS", "2")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -282,6 +285,12 @@ impl Shardgate {
 
 impl Drop for Shardgate {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- shardgate log ---\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,0 +1,267 @@
+//! TLS listeners: HTTP/2 and HTTP/1.1 by ALPN with a self-signed certificate for localhost,
+//! `h2 = false`, the forwarding headers behind TLS, and `check` refusing key files that do not
+//! fit.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A self-signed certificate for "localhost": (cert PEM, key PEM).
+fn self_signed() -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+/// Writes cert.pem and key.pem into `dir`; returns their paths.
+fn write_pems(dir: &Path, cert: &str, key: &str) -> (PathBuf, PathBuf) {
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    (c, k)
+}
+
+/// A config with one TLS listener (`tls_extra` goes inside the tls table) over `backend`.
+fn tls_config(
+    http: SocketAddr,
+    admin: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    tls_extra: &str,
+    backend: Option<&Backend>,
+) -> String {
+    let mut text = format!(
+        "[[listener]]\naddr = \"{http}\"\ntls = {{ cert = \"{}\", key = \"{}\"{tls_extra} }}\n\n[admin]\naddr = \"{admin}\"\n\n",
+        cert.display(),
+        key.display()
+    );
+    if let Some(b) = backend {
+        text += &shard_pool("shards", &[b]);
+        text += "[[route]]\npath_prefix = \"/\"\nshard = { pool = \"shards\" }\n";
+    }
+    text
+}
+
+fn fresh_addrs() -> (SocketAddr, SocketAddr) {
+    (
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+    )
+}
+
+/// Starts shardgate with a TLS listener; returns it and the certificate to trust.
+fn start_tls(tls_extra: &str, backend: &Backend) -> (Shardgate, String) {
+    let (cert, key) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
+    let (http, admin) = fresh_addrs();
+    let config = tls_config(http, admin, &cert_path, &key_path, tls_extra, Some(backend));
+    let path = dir.path().join("shardgate.toml");
+    std::fs::write(&path, config).unwrap();
+    (Shardgate::start_file(path, dir, http, admin), cert)
+}
+
+/// A client trusting only `cert` that sends "localhost" to `addr`.
+fn tls_client(cert: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
+        .resolve("localhost", addr)
+        .timeout(Duration::from_secs(20));
+    if http1_only {
+        b = b.http1_only();
+    }
+    b.build().unwrap()
+}
+
+fn header(seen: &[(String, String)], name: &str) -> Vec<String> {
+    seen.iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+async fn get_version(c: &reqwest::Client, url: &str) -> (reqwest::Version, u16, String) {
+    let r = c
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    let v = r.version();
+    let s = r.status().as_u16();
+    (v, s, r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_gives_h2_by_default_and_http1_when_asked() {
+    let backend = Backend::start("shard-0").await;
+    let (sg, cert) = start_tls("", &backend);
+    let url = format!("https://localhost:{}/http-bind?room=tls", sg.http.port());
+
+    let h2 = tls_client(&cert, sg.http, false);
+    let (version, status, body) = get_version(&h2, &url).await;
+    assert_eq!(version, reqwest::Version::HTTP_2);
+    assert_eq!((status, body.as_str()), (200, "shard-0\n"));
+    let seen = backend.seen.last_headers.lock().unwrap().clone();
+    assert_eq!(
+        header(&seen, "x-forwarded-proto"),
+        vec!["https"],
+        "{seen:?}"
+    );
+    assert_eq!(
+        header(&seen, "x-forwarded-for"),
+        vec!["127.0.0.1"],
+        "{seen:?}"
+    );
+    let authority = format!("localhost:{}", sg.http.port());
+    assert_eq!(
+        header(&seen, "x-forwarded-host"),
+        vec![authority.clone()],
+        "{seen:?}"
+    );
+    assert_eq!(
+        header(&seen, "host"),
+        vec![authority.clone()],
+        "an HTTP/1.1 shard needs Host from :authority: {seen:?}"
+    );
+    // Several streams on the one h2 connection, all forwarded.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (c, url) = (h2.clone(), format!("{url}{i}"));
+        tasks.push(tokio::spawn(async move { get_version(&c, &url).await }));
+    }
+    for t in tasks {
+        let (v, s, b) = t.await.unwrap();
+        assert_eq!(
+            (v, s, b.as_str()),
+            (reqwest::Version::HTTP_2, 200, "shard-0\n")
+        );
+    }
+    assert_eq!(backend.requests(), 21);
+
+    let h1 = tls_client(&cert, sg.http, true);
+    let (version, status, body) = get_version(&h1, &url).await;
+    assert_eq!(version, reqwest::Version::HTTP_11);
+    assert_eq!((status, body.as_str()), (200, "shard-0\n"));
+    let seen = backend.seen.last_headers.lock().unwrap().clone();
+    assert_eq!(
+        header(&seen, "x-forwarded-proto"),
+        vec!["https"],
+        "{seen:?}"
+    );
+    assert_eq!(header(&seen, "host"), vec![authority], "{seen:?}");
+    assert_eq!(backend.requests(), 22);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_false_offers_only_http1() {
+    let backend = Backend::start("shard-0").await;
+    let (sg, cert) = start_tls(", h2 = false", &backend);
+    let url = format!("https://localhost:{}/http-bind?room=tls", sg.http.port());
+    // The client offers h2 and http/1.1; the edge picks http/1.1.
+    let c = tls_client(&cert, sg.http, false);
+    let (version, status, body) = get_version(&c, &url).await;
+    assert_eq!(version, reqwest::Version::HTTP_11);
+    assert_eq!((status, body.as_str()), (200, "shard-0\n"));
+    let seen = backend.seen.last_headers.lock().unwrap().clone();
+    assert_eq!(
+        header(&seen, "x-forwarded-proto"),
+        vec!["https"],
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificate_is_refused_by_the_client() {
+    // The edge really presents the configured certificate: a client trusting another one fails.
+    let backend = Backend::start("shard-0").await;
+    let (sg, _cert) = start_tls("", &backend);
+    let (other, _) = self_signed();
+    let c = tls_client(&other, sg.http, false);
+    let url = format!("https://localhost:{}/", sg.http.port());
+    let err = c.get(&url).send().await.unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+    assert_eq!(backend.requests(), 0);
+}
+
+/// Runs `shardgate check` on a config whose TLS files are `cert`/`key`.
+fn check_tls(dir: &Path, cert: &Path, key: &Path) -> (i32, String, String) {
+    let (http, admin) = fresh_addrs();
+    let path = dir.join("check.toml");
+    std::fs::write(&path, tls_config(http, admin, cert, key, "", None)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_a_key_that_does_not_match_or_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed();
+    let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
+    let file = dir.path().join("check.toml");
+
+    // The matching pair is fine.
+    let (code, stdout, stderr) = check_tls(dir.path(), &cert_path, &key_path);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, format!("{}: ok\n", file.display()));
+
+    // Another key: line 3 is the `tls = {…}` line, column 7 its value.
+    let (_, other_key) = self_signed();
+    let other_path = dir.path().join("other-key.pem");
+    std::fs::write(&other_path, other_key).unwrap();
+    let (code, stdout, stderr) = check_tls(dir.path(), &cert_path, &other_path);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert_eq!(stdout, "");
+    let want = format!("{}:3:7: listener[0].tls: ", file.display());
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} does not belong to", other_path.display())),
+        "{stderr}"
+    );
+
+    // No key file at all.
+    let missing = dir.path().join("missing-key.pem");
+    let (code, _, stderr) = check_tls(dir.path(), &cert_path, &missing);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+
+    // A certificate file that is a key, not a certificate.
+    let (code, _, stderr) = check_tls(dir.path(), &key_path, &key_path);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no certificate in {}", key_path.display())),
+        "{stderr}"
+    );
+
+    // `run` refuses the mismatched pair too, before listening.
+    let (http, admin) = fresh_addrs();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        tls_config(http, admin, &cert_path, &other_path, "", None),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("listener[0].tls"), "{stderr}");
+    assert!(std::net::TcpStream::connect(http).is_err());
+}

@@ -1,0 +1,175 @@
+//! WebSocket tunnels through the edge: many at once, each on its room's shard, none closed
+//! early, including upgrades whose first frame races the 101 (pingora issue 946).
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const TUNNELS: usize = 500;
+
+/// A masked client text frame (payload < 126 bytes).
+fn client_frame(text: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Opens a tunnel by hand. With `early`, the first frame is written in the same packet as the
+/// upgrade request, before the 101 can arrive.
+async fn open(sg: &Shardgate, room: &str, early: Option<&str>) -> WebSocketStream<TcpStream> {
+    let mut tcp = TcpStream::connect(sg.http).await.unwrap();
+    let mut out = format!(
+        "GET /xmpp-websocket?room={room} HTTP/1.1\r\nHost: meet.example.com\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    if let Some(text) = early {
+        out.extend(client_frame(text));
+    }
+    tcp.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    WebSocketStream::from_partially_read(tcp, buf[end..].to_vec(), Role::Client, None).await
+}
+
+async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> String {
+    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_tunnels_stay_open_on_their_rooms_shard() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let backends = [
+        Backend::start("shard-0").await,
+        Backend::start("shard-1").await,
+        Backend::start("shard-2").await,
+    ];
+    let (head, http, admin) = config_head("t");
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let config = format!(
+        "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", &refs)
+    );
+    let sg = std::sync::Arc::new(Shardgate::start(&config, http, admin));
+
+    // Open all tunnels, half of them with a first frame racing the 101.
+    let mut tasks = Vec::new();
+    for i in 0..TUNNELS {
+        let sg = sg.clone();
+        tasks.push(tokio::spawn(async move {
+            let room = format!("room-{}", i % 100);
+            let early = (i % 2 == 0).then(|| format!("early-{i}"));
+            let mut ws = open(&sg, &room, early.as_deref()).await;
+            let mut shard = None;
+            if let Some(text) = &early {
+                let reply = next_text(&mut ws).await;
+                let (s, echoed) = reply.split_once(':').unwrap();
+                assert_eq!(echoed, text, "the early frame arrived intact");
+                shard = Some(s.to_owned());
+            }
+            for k in 0..5 {
+                ws.send(Message::text(format!("msg-{i}-{k}")))
+                    .await
+                    .unwrap();
+                let reply = next_text(&mut ws).await;
+                let (s, echoed) = reply.split_once(':').unwrap();
+                assert_eq!(echoed, format!("msg-{i}-{k}"));
+                assert_eq!(
+                    shard.get_or_insert_with(|| s.to_owned()),
+                    s,
+                    "one tunnel, one shard"
+                );
+            }
+            (room, shard.unwrap(), ws)
+        }));
+    }
+    let mut open_tunnels = Vec::new();
+    let mut room_shard = std::collections::HashMap::new();
+    for t in tasks {
+        let (room, shard, ws) = t.await.expect("a tunnel failed");
+        let first = room_shard
+            .entry(room.clone())
+            .or_insert_with(|| shard.clone());
+        assert_eq!(first, &shard, "room {room} is on two shards");
+        open_tunnels.push(ws);
+    }
+    let c = client();
+    let metrics = get(&c, &sg.admin_url("/metrics")).await.1;
+    assert!(
+        metrics.contains(&format!("shardgate_tunnels_open {TUNNELS}")),
+        "{metrics}"
+    );
+
+    // All still open: each answers once more, none was closed early.
+    for (i, ws) in open_tunnels.iter_mut().enumerate() {
+        ws.send(Message::text(format!("again-{i}"))).await.unwrap();
+        assert!(next_text(ws).await.ends_with(&format!(":again-{i}")));
+    }
+    for mut ws in open_tunnels {
+        ws.close(None).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(&c, &sg.admin_url("/metrics")).await.1;
+        if metrics.contains("shardgate_tunnels_open 0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tunnels not released: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_timeout_follows_config_not_pingoras_default() {
+    let backend = Backend::start("shard-0").await;
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}[timeouts]\ntunnel = \"2s\"\n\n{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", &[&backend])
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    // Traffic every second keeps a tunnel open past its 2 s inactivity timeout.
+    let mut busy = open(&sg, "a", None).await;
+    for k in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        busy.send(Message::text(format!("k{k}"))).await.unwrap();
+        assert_eq!(next_text(&mut busy).await, format!("shard-0:k{k}"));
+    }
+    // A silent one is closed after about 2 s.
+    let mut idle = open(&sg, "b", None).await;
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), idle.next())
+        .await
+        .expect("idle tunnel never closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "closed after {took:?}"
+    );
+}
