@@ -23,12 +23,21 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
 /// A free loopback port (bound then released; the test binds it again right away).
+/// Never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// What a fake shard saw.
@@ -257,6 +266,14 @@ impl Shardgate {
             if std::net::TcpStream::connect(admin).is_ok()
                 && std::net::TcpStream::connect(http).is_ok()
             {
+                // Make sure our process answers: it exits at once when a port is taken.
+                std::thread::sleep(Duration::from_millis(150));
+                if let Ok(Some(status)) = sg.child.try_wait() {
+                    panic!(
+                        "shardgate exited with {status}: {}",
+                        sg.log.lock().unwrap().join("\n")
+                    );
+                }
                 return sg;
             }
             if let Ok(Some(status)) = sg.child.try_wait() {
