@@ -12,9 +12,16 @@ fuzz_target!(|data: &[u8]| {
         for e in &errors.0 {
             out.clear();
             write!(out, "{e}").expect("ConfigError Display failed");
-            assert!(out.starts_with("fuzz.toml:"), "error not located in the file: {out:?}");
+            assert!(
+                out.starts_with("fuzz.toml:"),
+                "error not located in the file: {out:?}"
+            );
             // `line` is a usize (so >= 0 by type); 0 means "unknown", otherwise it is in the text.
-            assert!(e.line <= text.matches('\n').count() + 1, "line {} past the end: {out:?}", e.line);
+            assert!(
+                e.line <= text.matches('\n').count() + 1,
+                "line {} past the end: {out:?}",
+                e.line
+            );
         }
         write!(out, "{errors}").expect("ConfigErrors Display failed");
     }

@@ -15,10 +15,19 @@ fuzz_target!(|data: &[u8]| {
         None => (&*input, None),
     };
     for source in [RoomKeySource::RoomParam, RoomKeySource::LastSegment] {
-        let Some(key) = room_key(path, query, source) else { continue };
-        assert!(!key.is_empty(), "empty key from {path:?} {query:?} ({source:?})");
+        let Some(key) = room_key(path, query, source) else {
+            continue;
+        };
+        assert!(
+            !key.is_empty(),
+            "empty key from {path:?} {query:?} ({source:?})"
+        );
         let query = format!("room={}", utf8_percent_encode(&key, NON_ALPHANUMERIC));
         let again = room_key("/http-bind", Some(&query), RoomKeySource::RoomParam);
-        assert_eq!(again.as_deref(), Some(&*key), "not idempotent via {query:?} ({source:?})");
+        assert_eq!(
+            again.as_deref(),
+            Some(&*key),
+            "not idempotent via {query:?} ({source:?})"
+        );
     }
 });
