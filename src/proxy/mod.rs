@@ -315,6 +315,13 @@ impl ProxyHttp for Edge {
         }
     }
 
+    /// A client that hangs up mid-request is ordinary (a closed tab, the end of a load test):
+    /// not an error worth a log line per connection.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        e.esource() == &ErrorSource::Downstream
+            && matches!(e.etype(), ConnectionClosed | ReadError | WriteError)
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map(|r| r.status.as_u16());
         let Some(runtime) = &ctx.runtime else { return };

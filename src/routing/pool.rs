@@ -314,6 +314,32 @@ mod tests {
     }
 
     #[test]
+    fn open_tunnels_keep_their_rooms_remembered() {
+        let mut p = pool(3);
+        p.stick = StickTable::new(Duration::from_millis(300), 100);
+        let m = p.members.load();
+        p.choose_for_room(&m, "busy", 0, &[]);
+        p.choose_for_room(&m, "quiet", 0, &[]);
+        p.tunnel_opened("busy");
+        p.tunnel_opened("busy");
+        p.tunnel_closed("busy");
+        for _ in 0..8 {
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(p.refresh_open_tunnels(), 1);
+        }
+        assert!(
+            p.stick.get("busy").is_some(),
+            "a room with an open tunnel stays"
+        );
+        assert!(
+            p.stick.get("quiet").is_none(),
+            "a room without traffic is forgotten"
+        );
+        p.tunnel_closed("busy");
+        assert_eq!(p.refresh_open_tunnels(), 0);
+    }
+
+    #[test]
     fn nothing_up_means_no_choice() {
         let p = pool(2);
         for s in &p.members.load().shards {
