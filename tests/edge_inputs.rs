@@ -255,9 +255,8 @@ async fn header_block_over_the_configured_limit_gets_431() {
     assert_eq!(r.status, Some(200), "a 4096-byte block: {r:?}");
     assert_eq!(backend.requests(), before + 2);
     // The cookie the backend got is the one sent, whole.
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    let cookie = headers_named(&seen, "cookie");
-    assert_eq!(cookie.len(), 1, "{seen:?}");
+    let cookie = backend.seen.header("cookie");
+    assert_eq!(cookie.len(), 1);
     assert!(cookie[0].starts_with("c=yyy"), "{cookie:?}");
     assert_eq!(
         cookie[0].len(),
@@ -340,13 +339,6 @@ async fn default_limit_refuses_40k_and_huge_headers_and_keeps_serving() {
     assert_still_serves(&sg, &backend, "four concurrent 2 MB headers").await;
 }
 
-fn headers_named(seen: &[(String, String)], name: &str) -> Vec<String> {
-    seen.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_reach_the_backend() {
     let (backend, sg) = one_shard("").await;
@@ -358,27 +350,9 @@ async fn forwarding_headers_reach_the_backend() {
     .await;
     assert_eq!(r.status, Some(200), "{r:?}");
     assert_eq!(r.header("x-shard"), vec!["shard-0"], "{r:?}");
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    assert_eq!(
-        headers_named(&seen, "x-forwarded-for"),
-        vec!["198.51.100.7, 127.0.0.1"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        headers_named(&seen, "x-forwarded-proto"),
-        vec!["http"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        headers_named(&seen, "x-forwarded-host"),
-        vec!["meet.example.com:8443"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        headers_named(&seen, "host"),
-        vec!["meet.example.com:8443"],
-        "the original Host is preserved: {seen:?}"
-    );
+    backend
+        .seen
+        .assert_forwarded("198.51.100.7, 127.0.0.1", "http", "meet.example.com:8443");
 
     // Without a list from the client: just the client. Spoofed proto/host are replaced, not
     // passed along next to the edge's own.
@@ -388,27 +362,9 @@ async fn forwarding_headers_reach_the_backend() {
     )
     .await;
     assert_eq!(r.status, Some(200), "{r:?}");
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    assert_eq!(
-        headers_named(&seen, "x-forwarded-for"),
-        vec!["127.0.0.1"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        headers_named(&seen, "x-forwarded-proto"),
-        vec!["http"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        headers_named(&seen, "x-forwarded-host"),
-        vec!["meet.example.com"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        headers_named(&seen, "host"),
-        vec!["meet.example.com"],
-        "{seen:?}"
-    );
+    backend
+        .seen
+        .assert_forwarded("127.0.0.1", "http", "meet.example.com");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,11 +377,10 @@ async fn x_forwarded_for_split_over_two_lines_keeps_every_hop() {
     )
     .await;
     assert_eq!(r.status, Some(200), "{r:?}");
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    let joined = headers_named(&seen, "x-forwarded-for").join(", ");
     assert_eq!(
-        joined, "198.51.100.7, 203.0.113.9, 127.0.0.1",
-        "every hop the client listed, then the client: {seen:?}"
+        backend.seen.header("x-forwarded-for").join(", "),
+        "198.51.100.7, 203.0.113.9, 127.0.0.1",
+        "every hop the client listed, then the client"
     );
 }
 

@@ -78,13 +78,6 @@ fn tls_client(cert: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client
     b.build().unwrap()
 }
 
-fn header(seen: &[(String, String)], name: &str) -> Vec<String> {
-    seen.iter()
-        .filter(|(k, _)| k == name)
-        .map(|(_, v)| v.clone())
-        .collect()
-}
-
 async fn get_version(c: &reqwest::Client, url: &str) -> (reqwest::Version, u16, String) {
     let r = c
         .get(url)
@@ -106,28 +99,11 @@ async fn alpn_gives_h2_by_default_and_http1_when_asked() {
     let (version, status, body) = get_version(&h2, &url).await;
     assert_eq!(version, reqwest::Version::HTTP_2);
     assert_eq!((status, body.as_str()), (200, "shard-0\n"));
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    assert_eq!(
-        header(&seen, "x-forwarded-proto"),
-        vec!["https"],
-        "{seen:?}"
-    );
-    assert_eq!(
-        header(&seen, "x-forwarded-for"),
-        vec!["127.0.0.1"],
-        "{seen:?}"
-    );
+    // An HTTP/1.1 shard needs Host, taken from h2's :authority.
     let authority = format!("localhost:{}", sg.http.port());
-    assert_eq!(
-        header(&seen, "x-forwarded-host"),
-        vec![authority.clone()],
-        "{seen:?}"
-    );
-    assert_eq!(
-        header(&seen, "host"),
-        vec![authority.clone()],
-        "an HTTP/1.1 shard needs Host from :authority: {seen:?}"
-    );
+    backend
+        .seen
+        .assert_forwarded("127.0.0.1", "https", &authority);
     // Several streams on the one h2 connection, all forwarded.
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -147,13 +123,9 @@ async fn alpn_gives_h2_by_default_and_http1_when_asked() {
     let (version, status, body) = get_version(&h1, &url).await;
     assert_eq!(version, reqwest::Version::HTTP_11);
     assert_eq!((status, body.as_str()), (200, "shard-0\n"));
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    assert_eq!(
-        header(&seen, "x-forwarded-proto"),
-        vec!["https"],
-        "{seen:?}"
-    );
-    assert_eq!(header(&seen, "host"), vec![authority], "{seen:?}");
+    backend
+        .seen
+        .assert_forwarded("127.0.0.1", "https", &authority);
     assert_eq!(backend.requests(), 22);
 }
 
@@ -167,12 +139,7 @@ async fn h2_false_offers_only_http1() {
     let (version, status, body) = get_version(&c, &url).await;
     assert_eq!(version, reqwest::Version::HTTP_11);
     assert_eq!((status, body.as_str()), (200, "shard-0\n"));
-    let seen = backend.seen.last_headers.lock().unwrap().clone();
-    assert_eq!(
-        header(&seen, "x-forwarded-proto"),
-        vec!["https"],
-        "{seen:?}"
-    );
+    assert_eq!(backend.seen.header("x-forwarded-proto"), vec!["https"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

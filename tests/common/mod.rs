@@ -48,6 +48,32 @@ pub struct Seen {
     pub last_headers: Mutex<Vec<(String, String)>>,
 }
 
+impl Seen {
+    /// Every value of header `name` (lower case) in the last request.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.last_headers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Asserts the forwarding headers of the last request, each present exactly once.
+    pub fn assert_forwarded(&self, xff: &str, proto: &str, host: &str) {
+        let all = self.last_headers.lock().unwrap().clone();
+        assert_eq!(self.header("x-forwarded-for"), vec![xff], "{all:?}");
+        assert_eq!(self.header("x-forwarded-proto"), vec![proto], "{all:?}");
+        assert_eq!(self.header("x-forwarded-host"), vec![host], "{all:?}");
+        assert_eq!(
+            self.header("host"),
+            vec![host],
+            "the client's Host is kept: {all:?}"
+        );
+    }
+}
+
 /// A fake Jitsi shard: answers `<name>\n` with header `x-shard: <name>`; `/hold?ms=N` answers
 /// after N ms (BOSH-like); WebSocket upgrades echo every message prefixed with `<name>:`.
 pub struct Backend {
