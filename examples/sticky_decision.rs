@@ -18,16 +18,18 @@ fn main() {
             addrs: vec![format!("127.0.0.1:{}", 10_000 + i).parse().unwrap()],
             weight: 1 + (i % 3) as u32,
             drain: false,
+            srv: None,
         })
         .collect();
     let pool = Pool::from_config(&PoolConfig {
         name: "shards".into(),
-        shards: Some(Shards { list }),
+        shards: Some(Shards { list, srv: None }),
         sticky: Sticky {
             ttl: Duration::from_secs(3600),
             capacity: 2 * ROOMS as u64,
         },
         passive_down: Duration::from_secs(10),
+        linger: Duration::from_secs(600),
     });
     let members = pool.members.load();
     let rooms: Vec<String> = (0..ROOMS).map(|i| format!("tenant/room-{i}")).collect();

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub connect_failures: IntCounterVec,
     /// Rooms moved off a shard that was down or gone, by pool.
     pub room_moves: IntCounterVec,
+    /// DNS lookups of discovery, by pool and result (`ok`, `no_records`, `error`).
+    pub dns_lookups: IntCounterVec,
     /// Stick-table entries, by pool (set at scrape).
     pub stick_entries: IntGaugeVec,
     /// 1 for the state each shard is in, by pool, shard and state (set at scrape).
@@ -55,6 +57,11 @@ impl Metrics {
             "shardgate_room_moves_total",
             "Rooms moved off a shard that was down or gone",
             &["pool"],
+        );
+        let dns_lookups = counter(
+            "shardgate_dns_lookups_total",
+            "DNS lookups of discovery by pool and result (ok, no_records, error)",
+            &["pool", "result"],
         );
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -101,6 +108,7 @@ impl Metrics {
             rejected,
             connect_failures,
             room_moves,
+            dns_lookups,
             stick_entries,
             shard_state,
         }

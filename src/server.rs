@@ -4,6 +4,7 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::discovery::resolver::{self, Plan};
 use crate::proxy::Edge;
 use crate::runtime::Runtime;
 use crate::state::Shared;
@@ -68,7 +69,13 @@ pub fn run(config: Config) -> Result<(), String> {
         server.add_service(admin);
         info!(%addr, "admin listening");
     }
-    server.add_service(background_service("housekeeping", Housekeeping { shared }));
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service("discovery", Discovery { shared }));
     server.run(pingora::server::RunArgs::default());
     Ok(())
 }
@@ -116,6 +123,53 @@ impl BackgroundService for Housekeeping {
             for p in &runtime.pools {
                 p.refresh_open_tunnels();
             }
+        }
+    }
+}
+
+/// Runs one discovery loop per pool that looks names up.
+struct Discovery {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Discovery {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let runtime = self.shared.runtime.load_full();
+        let plans: Vec<_> = runtime
+            .config
+            .pool
+            .iter()
+            .zip(&runtime.pools)
+            .filter_map(|(c, p)| Plan::of(c).map(|plan| (p.clone(), plan)))
+            .collect();
+        if plans.is_empty() {
+            return;
+        }
+        let cfg = runtime.config.resolver.clone();
+        let resolver = match resolver::build(&cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "discovery disabled: pools that use DNS stay empty");
+                return;
+            }
+        };
+        let tasks: Vec<_> = plans
+            .into_iter()
+            .map(|(pool, plan)| {
+                info!(pool = %pool.name, ?plan, "discovering");
+                tokio::spawn(resolver::run_pool(
+                    self.shared.clone(),
+                    pool,
+                    plan,
+                    resolver.clone(),
+                    cfg.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
         }
     }
 }

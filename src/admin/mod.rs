@@ -157,8 +157,8 @@ impl Admin {
                         json!({
                             "name": &*s.name,
                             "state": s.state_name(now),
-                            "addrs": s.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                            "weight": s.weight,
+                            "addrs": s.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                            "weight": s.weight(),
                             "rooms": rooms.get(&s.name).copied().unwrap_or(0),
                         })
                     })

@@ -18,6 +18,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub resolver: Resolver,
+    #[serde(default)]
     pub pool: Vec<Pool>,
     #[serde(default)]
     pub route: Vec<Route>,
@@ -102,6 +104,38 @@ impl Default for Limits {
     }
 }
 
+/// How names are resolved for discovery.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resolver {
+    /// `ip:port` of DNS servers; empty: those of /etc/resolv.conf.
+    #[serde(deserialize_with = "socket_addrs")]
+    pub nameservers: Vec<SocketAddr>,
+    /// While lookups fail, the last good answer is kept this long.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub hold_valid: Duration,
+    /// Answers are looked up again after their TTL, clamped to these bounds.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub min_ttl: Duration,
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub max_ttl: Duration,
+    /// One query's timeout.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub timeout: Duration,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            nameservers: Vec::new(),
+            hold_valid: Duration::from_secs(300),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 /// A named set of backends.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,18 +150,30 @@ pub struct Pool {
         deserialize_with = "super::duration::deserialize"
     )]
     pub passive_down: Duration,
+    /// A shard that vanished from DNS keeps serving its stuck rooms (draining) this long.
+    #[serde(
+        default = "default_linger",
+        deserialize_with = "super::duration::deserialize"
+    )]
+    pub linger: Duration,
 }
 
 fn default_passive_down() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_linger() -> Duration {
+    Duration::from_secs(600)
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shards {
-    /// Statically listed shards.
+    /// Shards listed by name, each with static addresses or its own SRV name.
     #[serde(default)]
     pub list: Vec<ShardSpec>,
+    /// An SRV name whose every target is one shard, named by its target host.
+    pub srv: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -136,8 +182,10 @@ pub struct ShardSpec {
     /// Stable identity: the room hash is keyed by this name, so replicas agree.
     pub name: String,
     /// `ip:port` of the shard's web servers; requests are spread over them.
-    #[serde(deserialize_with = "socket_addrs")]
+    #[serde(default, deserialize_with = "socket_addrs")]
     pub addrs: Vec<SocketAddr>,
+    /// Or an SRV name listing the shard's web servers (several pods of one shard).
+    pub srv: Option<String>,
     /// Rendezvous weight; a shard of weight 2 gets about twice the new rooms of weight 1.
     #[serde(default = "one")]
     pub weight: u32,
@@ -257,6 +305,7 @@ impl Config {
             admin: None,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            resolver: Resolver::default(),
             pool: Vec::new(),
             route: Vec::new(),
         }
@@ -269,6 +318,7 @@ impl Config {
             "admin" => self.admin = part.admin,
             "timeouts" => self.timeouts = part.timeouts,
             "limits" => self.limits = part.limits,
+            "resolver" => self.resolver = part.resolver,
             "pool" => self.pool = part.pool,
             "route" => self.route = part.route,
             _ => {}
@@ -292,6 +342,7 @@ impl Pool {
             shards: None,
             sticky: Sticky::default(),
             passive_down: default_passive_down(),
+            linger: default_linger(),
         }
     }
 }

@@ -86,14 +86,27 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
             err(format!("{at}.sticky.ttl"), "must be more than 0s".into());
         }
         let Some(shards) = &p.shards else {
-            err(at.clone(), "no members; expected shards.list = [{ name = \"shard-0\", addrs = [\"10.0.0.5:80\"] }, …]".into());
+            err(at.clone(), "no members; expected shards.srv = \"_http._tcp.web.example.svc.\" or shards.list = [{ name = \"shard-0\", addrs = [\"10.0.0.5:80\"] }, …]".into());
             continue;
         };
-        if shards.list.is_empty() {
-            err(
-                format!("{at}.shards.list"),
-                "empty; expected at least one shard".into(),
-            );
+        match (&shards.srv, shards.list.is_empty()) {
+            (Some(_), false) => err(
+                format!("{at}.shards"),
+                "both srv and list; expected one of them".into(),
+            ),
+            (None, true) => err(
+                format!("{at}.shards"),
+                "no shards; expected srv = \"…\" or a non-empty list".into(),
+            ),
+            _ => {}
+        }
+        if let Some(name) = &shards.srv {
+            if let Err(why) = dns_name(name) {
+                err(format!("{at}.shards.srv"), why);
+            }
+        }
+        if p.linger.is_zero() {
+            err(format!("{at}.linger"), "must be more than 0s".into());
         }
         let mut names = HashSet::new();
         for (j, s) in shards.list.iter().enumerate() {
@@ -112,11 +125,21 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                     format!("another shard of this pool is already named {:?}", s.name),
                 );
             }
-            if s.addrs.is_empty() {
-                err(
+            match (&s.srv, s.addrs.is_empty()) {
+                (Some(_), false) => err(
+                    at.clone(),
+                    "both addrs and srv; expected one of them".into(),
+                ),
+                (None, true) => err(
                     format!("{at}.addrs"),
-                    "empty; expected at least one \"ip:port\"".into(),
-                );
+                    "empty; expected at least one \"ip:port\" (or srv = \"…\")".into(),
+                ),
+                (Some(name), true) => {
+                    if let Err(why) = dns_name(name) {
+                        err(format!("{at}.srv"), why);
+                    }
+                }
+                (None, false) => {}
             }
             if s.weight > 10_000 {
                 err(
@@ -125,6 +148,17 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                 );
             }
         }
+    }
+
+    let r = &c.resolver;
+    if r.min_ttl > r.max_ttl {
+        err(
+            "resolver.min_ttl".into(),
+            format!("{:?} is above max_ttl ({:?})", r.min_ttl, r.max_ttl),
+        );
+    }
+    if r.timeout.is_zero() {
+        err("resolver.timeout".into(), "must be more than 0s".into());
     }
 
     for (i, r) in c.route.iter().enumerate() {
@@ -184,6 +218,26 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         }
     }
     errors
+}
+
+/// A DNS name as discovery looks it up (`_http._tcp.web.jitsi.svc.cluster.local.`).
+fn dns_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let ok = !bare.is_empty()
+        && bare.len() <= 253
+        && bare.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a DNS name; expected e.g. \"_http._tcp.web.jitsi.svc.cluster.local.\""
+        ))
+    }
 }
 
 fn valid_name(name: &str) -> bool {

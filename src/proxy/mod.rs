@@ -197,7 +197,15 @@ impl ProxyHttp for Edge {
         let shard = members.shards[index].clone();
         debug!(pool = %pool.name, shard = %shard.name, room = ctx.room.as_deref().unwrap_or("-"), "chosen");
         let timeouts = &runtime.config.timeouts;
-        let mut peer = HttpPeer::new(shard.next_addr(), false, String::new());
+        let Some(addr) = shard.next_addr() else {
+            let why = format!(
+                "shard {} of pool {} has no address right now",
+                shard.name, pool.name
+            );
+            ctx.refusal = Some(why.clone());
+            return Error::e_explain(HTTPStatus(503), why);
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
         let inactivity = if ctx.upgrade {
             timeouts.tunnel
         } else {

@@ -7,16 +7,17 @@ use crate::config::{Pool as PoolConfig, ShardSpec};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// One shard: a stable name (the hash identity), its web servers, and its state.
+/// One shard: a stable name (the hash identity), its web servers, and its state. Discovery
+/// updates addresses and weight in place, so drain and health state outlive DNS answers.
 pub struct Shard {
     pub name: Arc<str>,
     pub seed: u64,
-    pub weight: u32,
-    pub addrs: Vec<SocketAddr>,
+    weight: AtomicU32,
+    addrs: ArcSwap<Vec<SocketAddr>>,
     /// Drained by the config file.
     pub config_drain: bool,
     pub state: ShardState,
@@ -28,36 +29,96 @@ pub struct Shard {
 pub struct ShardState {
     admin_drain: AtomicBool,
     down_until_ms: AtomicU64,
+    /// When the shard vanished from DNS (0: it is listed). It lingers, draining, until its
+    /// pool's `linger` has passed.
+    vanished_at_ms: AtomicU64,
     next_addr: AtomicUsize,
 }
 
 impl Shard {
-    pub fn from_spec(spec: &ShardSpec) -> Self {
+    pub fn new(name: &str, weight: u32, addrs: Vec<SocketAddr>, config_drain: bool) -> Self {
         Shard {
-            name: Arc::from(spec.name.as_str()),
-            seed: name_seed(&spec.name),
-            weight: spec.weight,
-            addrs: spec.addrs.clone(),
-            config_drain: spec.drain,
+            name: Arc::from(name),
+            seed: name_seed(name),
+            weight: AtomicU32::new(weight),
+            addrs: ArcSwap::from_pointee(addrs),
+            config_drain,
             state: ShardState::default(),
         }
     }
 
+    pub fn from_spec(spec: &ShardSpec) -> Self {
+        Shard::new(&spec.name, spec.weight, spec.addrs.clone(), spec.drain)
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    pub fn addrs(&self) -> arc_swap::Guard<Arc<Vec<SocketAddr>>> {
+        self.addrs.load()
+    }
+
+    /// Replaces the addresses when they changed (discovery).
+    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
+        if **self.addrs.load() != addrs {
+            self.addrs.store(Arc::new(addrs));
+        }
+    }
+
+    /// Up: not marked down, and it has somewhere to connect to.
     pub fn is_up(&self, now_ms: u64) -> bool {
-        now_ms >= self.state.down_until_ms.load(Ordering::Relaxed)
+        now_ms >= self.state.down_until_ms.load(Ordering::Relaxed) && !self.addrs.load().is_empty()
     }
 
     pub fn is_draining(&self) -> bool {
-        self.config_drain || self.state.admin_drain.load(Ordering::Relaxed)
+        self.config_drain || self.state.admin_drain.load(Ordering::Relaxed) || self.is_lingering()
+    }
+
+    /// Vanished from DNS, still serving its stuck rooms.
+    pub fn is_lingering(&self) -> bool {
+        self.state.vanished_at_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// When it vanished from DNS, if it did.
+    pub fn vanished_at(&self) -> Option<u64> {
+        match self.state.vanished_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Marks the shard vanished from DNS at `now_ms` (kept if already set), or listed again.
+    pub fn set_vanished(&self, now_ms: Option<u64>) {
+        match now_ms {
+            Some(t) => {
+                let _ = self.state.vanished_at_ms.compare_exchange(
+                    0,
+                    t.max(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            None => self.state.vanished_at_ms.store(0, Ordering::Relaxed),
+        }
     }
 
     /// Why the shard is in its state, for the admin listing.
     pub fn state_name(&self, now_ms: u64) -> &'static str {
-        match (self.is_up(now_ms), self.config_drain, self.is_draining()) {
-            (false, _, _) => "down",
-            (true, true, _) => "draining (config)",
-            (true, false, true) => "draining (admin)",
-            (true, false, false) => "up",
+        if !self.is_up(now_ms) {
+            "down"
+        } else if self.config_drain {
+            "draining (config)"
+        } else if self.state.admin_drain.load(Ordering::Relaxed) {
+            "draining (admin)"
+        } else if self.is_lingering() {
+            "draining (gone from DNS)"
+        } else {
+            "up"
         }
     }
 
@@ -72,10 +133,14 @@ impl Shard {
             .fetch_max(until_ms, Ordering::Relaxed);
     }
 
-    /// The next of the shard's web servers, round robin.
-    pub fn next_addr(&self) -> SocketAddr {
+    /// The next of the shard's web servers, round robin; `None` when it has none now.
+    pub fn next_addr(&self) -> Option<SocketAddr> {
+        let addrs = self.addrs.load();
+        if addrs.is_empty() {
+            return None;
+        }
         let i = self.state.next_addr.fetch_add(1, Ordering::Relaxed);
-        self.addrs[i % self.addrs.len()]
+        Some(addrs[i % addrs.len()])
     }
 }
 
@@ -93,7 +158,7 @@ impl Members {
             .enumerate()
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
-        let uniform = shards.windows(2).all(|w| w[0].weight == w[1].weight);
+        let uniform = shards.windows(2).all(|w| w[0].weight() == w[1].weight());
         Members {
             shards,
             by_name,
@@ -135,6 +200,7 @@ pub struct Pool {
     pub stick: StickTable,
     stick_ttl: Duration,
     pub passive_down: Duration,
+    pub linger: Duration,
     round_robin: AtomicUsize,
     /// Rooms with open tunnels (room -> count); their stick entries are refreshed while they
     /// live. Touched when a tunnel opens or closes, never per request.
@@ -155,6 +221,7 @@ impl Pool {
             stick: StickTable::new(c.sticky.ttl, c.sticky.capacity),
             stick_ttl: c.sticky.ttl,
             passive_down: c.passive_down,
+            linger: c.linger,
             round_robin: AtomicUsize::new(0),
             open_tunnels: Mutex::new(HashMap::new()),
         }
@@ -181,7 +248,7 @@ impl Pool {
             .iter()
             .enumerate()
             .filter(|(i, s)| s.is_up(now_ms) && !s.is_draining() && !exclude.contains(i))
-            .map(|(i, s)| (i, s.seed, s.weight));
+            .map(|(i, s)| (i, s.seed, s.weight()));
         let i = hrw_pick(room, candidates, members.uniform)?;
         self.stick.insert(room, members.shards[i].name.clone());
         Some(match stuck {
@@ -252,13 +319,15 @@ mod tests {
                 addrs: vec![format!("127.0.0.1:{}", 9000 + i).parse().unwrap()],
                 weight: 1,
                 drain: false,
+                srv: None,
             })
             .collect();
         Pool::from_config(&PoolConfig {
             name: "p".into(),
-            shards: Some(Shards { list }),
+            shards: Some(Shards { list, srv: None }),
             sticky: Sticky::default(),
             passive_down: Duration::from_secs(10),
+            linger: Duration::from_secs(600),
         })
     }
 
