@@ -127,8 +127,13 @@ impl Admin {
         for p in &runtime.pools {
             let members = p.members.load();
             let up = members.shards.iter().filter(|s| s.is_up(now)).count();
+            let note = if up == 0 {
+                " (empty: its requests get 503)"
+            } else {
+                ""
+            };
             body.push_str(&format!(
-                "pool {}: {up}/{} shards up\n",
+                "pool {}: {up}/{} shards up{note}\n",
                 p.name,
                 members.shards.len()
             ));

@@ -359,3 +359,4 @@ pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     let status = r.status().as_u16();
     (status, r.text().await.unwrap())
 }
+pub mod dns;

@@ -1,0 +1,256 @@
+//! Shards found by DNS SRV through a real DNS server in the test process, whose records change
+//! while shardgate runs: added shards take new rooms only, vanished shards linger for their
+//! rooms, a dead DNS server empties nothing, TTLs are honoured, and replicas agree.
+
+mod common;
+
+use common::dns::DnsServer;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+const SRV: &str = "_http._tcp.web.jitsi.test.";
+const LOCAL: &str = "127.0.0.1";
+
+/// Publishes `backends` as SRV targets `<name>.web.jitsi.test.` with their ports.
+fn publish(dns: &DnsServer, ttl: u32, backends: &[&Backend]) {
+    let records: Vec<(u16, u16, u16, String)> = backends
+        .iter()
+        .map(|b| (10, 50, b.addr.port(), format!("{}.web.jitsi.test.", b.name)))
+        .collect();
+    let refs: Vec<(u16, u16, u16, &str)> = records
+        .iter()
+        .map(|(p, w, port, t)| (*p, *w, *port, t.as_str()))
+        .collect();
+    dns.set_srv(SRV, ttl, &refs);
+    for b in backends {
+        dns.set_a(
+            &format!("{}.web.jitsi.test.", b.name),
+            ttl,
+            &[LOCAL.parse::<IpAddr>().unwrap()],
+        );
+    }
+}
+
+fn config(
+    dns: &DnsServer,
+    extra_pool: &str,
+) -> (String, std::net::SocketAddr, std::net::SocketAddr) {
+    let (head, http, admin) = config_head("t");
+    let text = format!(
+        "{head}[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"2s\"\nhold_valid = \"5m\"\ntimeout = \"300ms\"\n\n\
+         [[pool]]\nname = \"shards\"\nshards.srv = \"{SRV}\"\n{extra_pool}\n\
+         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        dns.addr
+    );
+    (text, http, admin)
+}
+
+/// Waits until `/readyz` shows `up` shards up in pool `shards`.
+async fn wait_for_members(sg: &Shardgate, up: usize, total: usize) {
+    let c = client();
+    let want = format!("pool shards: {up}/{total} shards up");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = get(&c, &sg.admin_url("/readyz")).await.1;
+        if body.contains(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wanted {want:?}, /readyz says {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shard_of(c: &reqwest::Client, sg: &Shardgate, room: &str) -> String {
+    let (status, body) = get(c, &sg.url(&format!("/http-bind?room={room}"))).await;
+    assert_eq!(status, 200, "{room}: {body}");
+    body.trim().to_owned()
+}
+
+async fn placements(sg: &Shardgate, rooms: &[String]) -> HashMap<String, String> {
+    let c = client();
+    let mut out = HashMap::new();
+    for chunk in rooms.chunks(100) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|r| {
+                let (c, r, url) = (
+                    c.clone(),
+                    r.clone(),
+                    sg.url(&format!("/http-bind?room={r}")),
+                );
+                tokio::spawn(async move {
+                    let (status, body) = get(&c, &url).await;
+                    assert_eq!(status, 200, "{r}: {body}");
+                    (r, body.trim().to_owned())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (r, s) = t.await.unwrap();
+            out.insert(r, s);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_come_and_go_without_moving_live_rooms() {
+    let dns = DnsServer::start().await;
+    let b: Vec<Backend> = vec![
+        Backend::start("shard-a").await,
+        Backend::start("shard-b").await,
+        Backend::start("shard-c").await,
+        Backend::start("shard-d").await,
+    ];
+    publish(&dns, 1, &[&b[0], &b[1], &b[2]]);
+    let (text, http, admin) = config(&dns, "linger = \"30s\"\n");
+    let sg = Shardgate::start(&text, http, admin);
+    wait_for_members(&sg, 3, 3).await;
+
+    let rooms: Vec<String> = (0..300).map(|i| format!("room-{i}")).collect();
+    let before = placements(&sg, &rooms).await;
+    let used: HashSet<&String> = before.values().collect();
+    assert_eq!(used.len(), 3, "{used:?}");
+
+    // A shard added: existing rooms stay put; new rooms can go to it.
+    publish(&dns, 1, &[&b[0], &b[1], &b[2], &b[3]]);
+    wait_for_members(&sg, 4, 4).await;
+    assert_eq!(
+        placements(&sg, &rooms).await,
+        before,
+        "existing rooms moved when a shard was added"
+    );
+    let fresh: Vec<String> = (0..300).map(|i| format!("new-{i}")).collect();
+    let fresh_at = placements(&sg, &fresh).await;
+    assert!(
+        fresh_at.values().any(|s| s == "shard-d"),
+        "the new shard takes new rooms"
+    );
+
+    // A shard removed from DNS lingers for its rooms and takes no new ones.
+    publish(&dns, 1, &[&b[0], &b[2], &b[3]]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        placements(&sg, &rooms).await,
+        before,
+        "rooms of the vanished shard-b moved"
+    );
+    let later: Vec<String> = (0..300).map(|i| format!("later-{i}")).collect();
+    assert!(placements(&sg, &later)
+        .await
+        .values()
+        .all(|s| s != "shard-b"));
+    let listing: serde_json::Value = client()
+        .get(sg.admin_url("/admin/shards"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let states: HashMap<String, String> = listing["pools"][0]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states["shard-b.web.jitsi.test"], "draining (gone from DNS)",
+        "{listing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_dns_server_empties_nothing_and_ttl_is_honoured() {
+    let dns = DnsServer::start().await;
+    let b = [
+        Backend::start("shard-a").await,
+        Backend::start("shard-b").await,
+    ];
+    publish(&dns, 1, &[&b[0], &b[1]]);
+    let (text, http, admin) = config(&dns, "");
+    let sg = Shardgate::start(&text, http, admin);
+    wait_for_members(&sg, 2, 2).await;
+
+    // TTL 1 s for 4 s: about 4 lookups of the SRV name, not a storm.
+    let q0 = dns.queries(SRV);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let asked = dns.queries(SRV) - q0;
+    assert!(
+        (2..=8).contains(&asked),
+        "{asked} SRV lookups in 4 s with TTL 1 s"
+    );
+
+    let c = client();
+    let rooms: Vec<String> = (0..50).map(|i| format!("r{i}")).collect();
+    let before = placements(&sg, &rooms).await;
+    dns.pause();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        placements(&sg, &rooms).await,
+        before,
+        "DNS down: members kept"
+    );
+    let metrics = get(&c, &sg.admin_url("/metrics")).await.1;
+    assert!(
+        metrics.contains("shardgate_dns_lookups_total{pool=\"shards\",result=\"error\"}"),
+        "{metrics}"
+    );
+    dns.resume();
+    assert_eq!(shard_of(&c, &sg, "r1").await, before["r1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_fed_answers_in_different_orders_agree_on_every_room() {
+    let dns1 = DnsServer::start().await;
+    let dns2 = DnsServer::start().await;
+    dns2.set_answer_order_reversed(true);
+    let b = [
+        Backend::start("shard-a").await,
+        Backend::start("shard-b").await,
+        Backend::start("shard-c").await,
+    ];
+    publish(&dns1, 30, &[&b[0], &b[1], &b[2]]);
+    publish(&dns2, 30, &[&b[2], &b[1], &b[0]]);
+    let (t1, h1, a1) = config(&dns1, "");
+    let (t2, h2, a2) = config(&dns2, "");
+    let sg1 = Shardgate::start(&t1, h1, a1);
+    let sg2 = Shardgate::start(&t2, h2, a2);
+    wait_for_members(&sg1, 3, 3).await;
+    wait_for_members(&sg2, 3, 3).await;
+    let rooms: Vec<String> = (0..10_000).map(|i| format!("room-{i}")).collect();
+    let p1 = placements(&sg1, &rooms).await;
+    let p2 = placements(&sg2, &rooms).await;
+    let differ = rooms.iter().filter(|r| p1[*r] != p2[*r]).count();
+    assert_eq!(differ, 0, "replicas disagree on {differ} of 10,000 rooms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_starts_before_names_resolve() {
+    let dns = DnsServer::start().await;
+    let b = Backend::start("shard-a").await;
+    let (text, http, admin) = config(&dns, "");
+    let sg = Shardgate::start(&text, http, admin);
+    let c = client();
+    let ready = get(&c, &sg.admin_url("/readyz")).await.1;
+    assert!(
+        ready.contains("pool shards: 0/0 shards up (empty"),
+        "{ready}"
+    );
+    let (status, body) = get(&c, &sg.url("/http-bind?room=x")).await;
+    assert_eq!(status, 503, "{body}");
+    publish(&dns, 1, &[&b]);
+    wait_for_members(&sg, 1, 1).await;
+    assert_eq!(shard_of(&c, &sg, "x").await, "shard-a");
+}
