@@ -30,6 +30,8 @@ fn main() {
         },
         passive_down: Duration::from_secs(10),
         linger: Duration::from_secs(600),
+        health: None,
+        agent: None,
     });
     let members = pool.members.load();
     let rooms: Vec<String> = (0..ROOMS).map(|i| format!("tenant/room-{i}")).collect();

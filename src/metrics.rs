@@ -22,6 +22,8 @@ pub struct Metrics {
     pub room_moves: IntCounterVec,
     /// DNS lookups of discovery, by pool and result (`ok`, `no_records`, `error`).
     pub dns_lookups: IntCounterVec,
+    /// Active health check rounds, by pool and result (`ok`, `fail`).
+    pub health_checks: IntCounterVec,
     /// Stick-table entries, by pool (set at scrape).
     pub stick_entries: IntGaugeVec,
     /// 1 for the state each shard is in, by pool, shard and state (set at scrape).
@@ -61,6 +63,11 @@ impl Metrics {
         let dns_lookups = counter(
             "shardgate_dns_lookups_total",
             "DNS lookups of discovery by pool and result (ok, no_records, error)",
+            &["pool", "result"],
+        );
+        let health_checks = counter(
+            "shardgate_health_checks_total",
+            "Active health check rounds by pool and result (ok, fail)",
             &["pool", "result"],
         );
         let upstream_latency = HistogramVec::new(
@@ -109,6 +116,7 @@ impl Metrics {
             connect_failures,
             room_moves,
             dns_lookups,
+            health_checks,
             stick_entries,
             shard_state,
         }

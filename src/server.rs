@@ -4,6 +4,7 @@
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::discovery::health;
 use crate::discovery::resolver::{self, Plan};
 use crate::proxy::Edge;
 use crate::runtime::Runtime;
@@ -127,7 +128,7 @@ impl BackgroundService for Housekeeping {
     }
 }
 
-/// Runs one discovery loop per pool that looks names up.
+/// Runs, per pool, its DNS discovery loop, its health checks and its agent checks.
 struct Discovery {
     shared: Arc<Shared>,
 }
@@ -136,6 +137,25 @@ struct Discovery {
 impl BackgroundService for Discovery {
     async fn start(&self, shutdown: ShutdownWatch) {
         let runtime = self.shared.runtime.load_full();
+        let mut tasks = Vec::new();
+        for (c, pool) in runtime.config.pool.iter().zip(&runtime.pools) {
+            if let Some(h) = &c.health {
+                let task = health::run_health(
+                    self.shared.clone(),
+                    pool.clone(),
+                    h.clone(),
+                    shutdown.clone(),
+                );
+                tasks.push(tokio::spawn(task));
+            }
+            if let Some(a) = &c.agent {
+                tasks.push(tokio::spawn(health::run_agent(
+                    pool.clone(),
+                    a.clone(),
+                    shutdown.clone(),
+                )));
+            }
+        }
         let plans: Vec<_> = runtime
             .config
             .pool
@@ -143,31 +163,30 @@ impl BackgroundService for Discovery {
             .zip(&runtime.pools)
             .filter_map(|(c, p)| Plan::of(c).map(|plan| (p.clone(), plan)))
             .collect();
-        if plans.is_empty() {
-            return;
-        }
         let cfg = runtime.config.resolver.clone();
-        let resolver = match resolver::build(&cfg) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "discovery disabled: pools that use DNS stay empty");
-                return;
+        let resolver = if plans.is_empty() {
+            None
+        } else {
+            match resolver::build(&cfg) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "discovery disabled: pools that use DNS stay empty");
+                    None
+                }
             }
         };
-        let tasks: Vec<_> = plans
-            .into_iter()
-            .map(|(pool, plan)| {
-                info!(pool = %pool.name, ?plan, "discovering");
-                tokio::spawn(resolver::run_pool(
-                    self.shared.clone(),
-                    pool,
-                    plan,
-                    resolver.clone(),
-                    cfg.clone(),
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
+        for (pool, plan) in plans {
+            let Some(resolver) = &resolver else { break };
+            info!(pool = %pool.name, ?plan, "discovering");
+            tasks.push(tokio::spawn(resolver::run_pool(
+                self.shared.clone(),
+                pool,
+                plan,
+                resolver.clone(),
+                cfg.clone(),
+                shutdown.clone(),
+            )));
+        }
         for t in tasks {
             let _ = t.await;
         }

@@ -150,6 +150,10 @@ pub struct Pool {
         deserialize_with = "super::duration::deserialize"
     )]
     pub passive_down: Duration,
+    /// Active health check of every shard address.
+    pub health: Option<Health>,
+    /// HAProxy-compatible agent check (`ready`, `drain`, `maint`, `up`, `down`, `N%`).
+    pub agent: Option<Agent>,
     /// A shard that vanished from DNS keeps serving its stuck rooms (draining) this long.
     #[serde(
         default = "default_linger",
@@ -164,6 +168,49 @@ fn default_passive_down() -> Duration {
 
 fn default_linger() -> Duration {
     Duration::from_secs(600)
+}
+
+/// Active health check: an HTTP GET of `path` (expecting `expect`), or a TCP connect when no
+/// path is given. A shard is down after `fall` failed rounds in a row and up again after
+/// `rise` good ones; a round is good when any of the shard's addresses passes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    pub path: Option<String>,
+    #[serde(default = "ok")]
+    pub expect: u16,
+    #[serde(default = "two_s", deserialize_with = "super::duration::deserialize")]
+    pub interval: Duration,
+    #[serde(default = "one_s", deserialize_with = "super::duration::deserialize")]
+    pub timeout: Duration,
+    #[serde(default = "two")]
+    pub rise: u32,
+    #[serde(default = "three")]
+    pub fall: u32,
+}
+
+/// Agent check: connect to each shard address's IP on `port` and read one line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    pub port: u16,
+    #[serde(default = "two_s", deserialize_with = "super::duration::deserialize")]
+    pub interval: Duration,
+    #[serde(default = "one_s", deserialize_with = "super::duration::deserialize")]
+    pub timeout: Duration,
+}
+
+fn two_s() -> Duration {
+    Duration::from_secs(2)
+}
+fn one_s() -> Duration {
+    Duration::from_secs(1)
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -342,6 +389,8 @@ impl Pool {
             shards: None,
             sticky: Sticky::default(),
             passive_down: default_passive_down(),
+            health: None,
+            agent: None,
             linger: default_linger(),
         }
     }

@@ -105,6 +105,40 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                 err(format!("{at}.shards.srv"), why);
             }
         }
+        if let Some(h) = &p.health {
+            if h.path.as_deref().is_some_and(|path| !path.starts_with('/')) {
+                err(
+                    format!("{at}.health.path"),
+                    "must start with '/'; leave it out for a TCP check".into(),
+                );
+            }
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                err(
+                    format!("{at}.health"),
+                    "interval and timeout must be more than 0s".into(),
+                );
+            }
+            if h.rise == 0 || h.fall == 0 {
+                err(
+                    format!("{at}.health"),
+                    "rise and fall must be at least 1".into(),
+                );
+            }
+            if !(100..=599).contains(&h.expect) {
+                err(
+                    format!("{at}.health.expect"),
+                    format!("{} is not an HTTP status", h.expect),
+                );
+            }
+        }
+        if let Some(a) = &p.agent {
+            if a.port == 0 || a.interval.is_zero() || a.timeout.is_zero() {
+                err(
+                    format!("{at}.agent"),
+                    "expected a port and intervals above 0s".into(),
+                );
+            }
+        }
         if p.linger.is_zero() {
             err(format!("{at}.linger"), "must be more than 0s".into());
         }

@@ -33,7 +33,7 @@ pub fn apply(
                         shard.set_vanished(None);
                         changed = true;
                     }
-                    if shard.weight() != spec.weight || **shard.addrs() != spec.addrs {
+                    if shard.base_weight() != spec.weight || **shard.addrs() != spec.addrs {
                         changed = true;
                     }
                     shard.set_weight(spec.weight);

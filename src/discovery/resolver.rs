@@ -262,7 +262,7 @@ async fn shard_srv_answer(
         };
         specs.push(MemberSpec {
             name: name.clone(),
-            weight: shard.weight(),
+            weight: shard.base_weight(),
             addrs,
         });
     }

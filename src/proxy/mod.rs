@@ -234,6 +234,13 @@ impl ProxyHttp for Edge {
         let pool = &runtime.pools[pool];
         let now = self.shared.now_ms();
         shard.mark_down(now + pool.passive_down.as_millis() as u64);
+        if let Some(h) = &pool.health {
+            crate::discovery::health::report(
+                pool,
+                shard,
+                shard.record_health(false, h.rise, h.fall),
+            );
+        }
         self.shared
             .metrics
             .connect_failures

@@ -8,7 +8,7 @@ pub mod room;
 pub mod route;
 pub mod sticky;
 
-pub use pool::{Choice, Members, Pool, Shard, ShardState};
+pub use pool::{AgentState, Choice, Members, Pool, Shard, ShardState};
 pub use room::room_key;
 pub use route::{Action, CompiledRoute, RouteTable};
 pub use sticky::{hrw_pick, name_seed, StickTable};

@@ -7,7 +7,7 @@ use crate::config::{Pool as PoolConfig, ShardSpec};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,6 @@ pub struct Shard {
 
 /// What changes about a shard while it serves. Milliseconds are on the caller's clock
 /// (`now_ms` arguments), so decisions are testable without sleeping.
-#[derive(Default)]
 pub struct ShardState {
     admin_drain: AtomicBool,
     down_until_ms: AtomicU64,
@@ -33,6 +32,37 @@ pub struct ShardState {
     /// pool's `linger` has passed.
     vanished_at_ms: AtomicU64,
     next_addr: AtomicUsize,
+    /// Active health: down after `fall` failed rounds, up after `rise` good ones.
+    health_down: AtomicBool,
+    fails: AtomicU32,
+    passes: AtomicU32,
+    /// Agent check: 0 ready, 1 drain, 2 down; and its weight in percent (100 unless told).
+    agent_state: AtomicU8,
+    agent_percent: AtomicU32,
+}
+
+/// What an agent check said of a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    Ready,
+    Drain,
+    Down,
+}
+
+impl Default for ShardState {
+    fn default() -> Self {
+        ShardState {
+            admin_drain: AtomicBool::new(false),
+            down_until_ms: AtomicU64::new(0),
+            vanished_at_ms: AtomicU64::new(0),
+            next_addr: AtomicUsize::new(0),
+            health_down: AtomicBool::new(false),
+            fails: AtomicU32::new(0),
+            passes: AtomicU32::new(0),
+            agent_state: AtomicU8::new(0),
+            agent_percent: AtomicU32::new(100),
+        }
+    }
 }
 
 impl Shard {
@@ -51,7 +81,19 @@ impl Shard {
         Shard::new(&spec.name, spec.weight, spec.addrs.clone(), spec.drain)
     }
 
+    /// The rendezvous weight: the configured or discovered one, scaled by an agent's `N%`.
     pub fn weight(&self) -> u32 {
+        let percent = self.state.agent_percent.load(Ordering::Relaxed);
+        let base = self.weight.load(Ordering::Relaxed);
+        if percent == 100 {
+            base
+        } else {
+            (u64::from(base) * u64::from(percent) / 100) as u32
+        }
+    }
+
+    /// The weight before any agent scaling.
+    pub fn base_weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
 
@@ -70,13 +112,64 @@ impl Shard {
         }
     }
 
-    /// Up: not marked down, and it has somewhere to connect to.
+    /// Up: not marked down (passively, by its health check or its agent), and it has somewhere
+    /// to connect to.
     pub fn is_up(&self, now_ms: u64) -> bool {
-        now_ms >= self.state.down_until_ms.load(Ordering::Relaxed) && !self.addrs.load().is_empty()
+        now_ms >= self.state.down_until_ms.load(Ordering::Relaxed)
+            && !self.state.health_down.load(Ordering::Relaxed)
+            && self.agent_state() != AgentState::Down
+            && !self.addrs.load().is_empty()
     }
 
     pub fn is_draining(&self) -> bool {
-        self.config_drain || self.state.admin_drain.load(Ordering::Relaxed) || self.is_lingering()
+        self.config_drain
+            || self.state.admin_drain.load(Ordering::Relaxed)
+            || self.is_lingering()
+            || self.agent_state() == AgentState::Drain
+    }
+
+    pub fn agent_state(&self) -> AgentState {
+        match self.state.agent_state.load(Ordering::Relaxed) {
+            1 => AgentState::Drain,
+            2 => AgentState::Down,
+            _ => AgentState::Ready,
+        }
+    }
+
+    /// Applies an agent's reply: a new state and/or a weight percentage.
+    pub fn set_agent(&self, state: Option<AgentState>, percent: Option<u32>) {
+        if let Some(state) = state {
+            let v = match state {
+                AgentState::Ready => 0,
+                AgentState::Drain => 1,
+                AgentState::Down => 2,
+            };
+            self.state.agent_state.store(v, Ordering::Relaxed);
+        }
+        if let Some(p) = percent {
+            self.state
+                .agent_percent
+                .store(p.min(256), Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_health_down(&self) -> bool {
+        self.state.health_down.load(Ordering::Relaxed)
+    }
+
+    /// Records one health round (an active check, or a refused connection as a failure).
+    /// Returns the new state when it flipped: `Some(false)` down, `Some(true)` up again.
+    pub fn record_health(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let st = &self.state;
+        if ok {
+            st.fails.store(0, Ordering::Relaxed);
+            let passes = st.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            (passes >= rise && st.health_down.swap(false, Ordering::Relaxed)).then_some(true)
+        } else {
+            st.passes.store(0, Ordering::Relaxed);
+            let fails = st.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            (fails >= fall && !st.health_down.swap(true, Ordering::Relaxed)).then_some(false)
+        }
     }
 
     /// Vanished from DNS, still serving its stuck rooms.
@@ -109,14 +202,22 @@ impl Shard {
 
     /// Why the shard is in its state, for the admin listing.
     pub fn state_name(&self, now_ms: u64) -> &'static str {
-        if !self.is_up(now_ms) {
-            "down"
+        if self.addrs.load().is_empty() {
+            "down (no address)"
+        } else if self.is_health_down() {
+            "down (health check)"
+        } else if self.agent_state() == AgentState::Down {
+            "down (agent)"
+        } else if now_ms < self.state.down_until_ms.load(Ordering::Relaxed) {
+            "down (refused a connection)"
         } else if self.config_drain {
             "draining (config)"
         } else if self.state.admin_drain.load(Ordering::Relaxed) {
             "draining (admin)"
         } else if self.is_lingering() {
             "draining (gone from DNS)"
+        } else if self.agent_state() == AgentState::Drain {
+            "draining (agent)"
         } else {
             "up"
         }
@@ -148,7 +249,6 @@ impl Shard {
 pub struct Members {
     pub shards: Vec<Arc<Shard>>,
     by_name: HashMap<Arc<str>, usize>,
-    uniform: bool,
 }
 
 impl Members {
@@ -158,12 +258,7 @@ impl Members {
             .enumerate()
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
-        let uniform = shards.windows(2).all(|w| w[0].weight() == w[1].weight());
-        Members {
-            shards,
-            by_name,
-            uniform,
-        }
+        Members { shards, by_name }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Shard>> {
@@ -201,6 +296,8 @@ pub struct Pool {
     stick_ttl: Duration,
     pub passive_down: Duration,
     pub linger: Duration,
+    /// The active health check, whose `fall` refused connections also count toward.
+    pub health: Option<crate::config::Health>,
     round_robin: AtomicUsize,
     /// Rooms with open tunnels (room -> count); their stick entries are refreshed while they
     /// live. Touched when a tunnel opens or closes, never per request.
@@ -222,6 +319,7 @@ impl Pool {
             stick_ttl: c.sticky.ttl,
             passive_down: c.passive_down,
             linger: c.linger,
+            health: c.health.clone(),
             round_robin: AtomicUsize::new(0),
             open_tunnels: Mutex::new(HashMap::new()),
         }
@@ -243,13 +341,15 @@ impl Pool {
                 return Some(Choice::Stuck(i));
             }
         }
-        let candidates = members
+        let candidates: Vec<(usize, u64, u32)> = members
             .shards
             .iter()
             .enumerate()
             .filter(|(i, s)| s.is_up(now_ms) && !s.is_draining() && !exclude.contains(i))
-            .map(|(i, s)| (i, s.seed, s.weight()));
-        let i = hrw_pick(room, candidates, members.uniform)?;
+            .map(|(i, s)| (i, s.seed, s.weight()))
+            .collect();
+        let uniform = candidates.windows(2).all(|w| w[0].2 == w[1].2);
+        let i = hrw_pick(room, candidates.into_iter(), uniform)?;
         self.stick.insert(room, members.shards[i].name.clone());
         Some(match stuck {
             Some(_) => Choice::Moved(i),
@@ -328,6 +428,8 @@ mod tests {
             sticky: Sticky::default(),
             passive_down: Duration::from_secs(10),
             linger: Duration::from_secs(600),
+            health: None,
+            agent: None,
         })
     }
 

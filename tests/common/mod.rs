@@ -44,6 +44,8 @@ pub fn free_port() -> u16 {
 #[derive(Default)]
 pub struct Seen {
     pub requests: AtomicUsize,
+    /// Status of `/about/health` (0 means 200).
+    pub health: std::sync::atomic::AtomicU16,
     /// Request lines and headers of recent requests, for header assertions.
     pub last_headers: Mutex<Vec<(String, String)>>,
 }
@@ -90,7 +92,12 @@ impl Backend {
     }
 
     pub async fn start_on(name: &str, port: u16) -> Backend {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::start_at(name, "127.0.0.1", port).await
+    }
+
+    /// On another loopback address (127.0.0.2, …), so per-address sidecars can share a port.
+    pub async fn start_at(name: &str, ip: &str, port: u16) -> Backend {
+        let listener = TcpListener::bind((ip, port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let name_owned = name.to_owned();
@@ -131,6 +138,10 @@ impl Backend {
         }
     }
 
+    pub fn set_health(&self, status: u16) {
+        self.seen.health.store(status, Ordering::SeqCst);
+    }
+
     pub fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
     }
@@ -147,6 +158,17 @@ async fn handle(
     seen: Arc<Seen>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    // Health checks are not counted as requests.
+    if req.uri().path() == "/about/health" {
+        let status = match seen.health.load(Ordering::SeqCst) {
+            0 => 200,
+            s => s,
+        };
+        return Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(format!("{name} health\n"))))
+            .unwrap());
+    }
     seen.requests.fetch_add(1, Ordering::SeqCst);
     *seen.last_headers.lock().unwrap() = req
         .headers()
