@@ -24,6 +24,7 @@ fn main() {
     let pool = Pool::from_config(&PoolConfig {
         name: "shards".into(),
         shards: Some(Shards { list, srv: None }),
+        instances: None,
         sticky: Sticky {
             ttl: Duration::from_secs(3600),
             capacity: 2 * ROOMS as u64,

@@ -136,12 +136,25 @@ impl Default for Resolver {
     }
 }
 
+impl Pool {
+    /// The members' SRV name and list, whether they are shards or instances.
+    pub fn members(&self) -> (Option<&str>, &[ShardSpec]) {
+        match (&self.shards, &self.instances) {
+            (Some(s), _) => (s.srv.as_deref(), &s.list),
+            (None, Some(i)) => (i.srv.as_deref(), &i.list),
+            (None, None) => (None, &[]),
+        }
+    }
+}
+
 /// A named set of backends.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
     pub name: String,
     pub shards: Option<Shards>,
+    /// Members addressed by name from a URL segment (JVBs, sftd pods) instead of by room.
+    pub instances: Option<Instances>,
     #[serde(default)]
     pub sticky: Sticky,
     /// How long a shard that refused a connection stays out of rotation before it is tried again.
@@ -213,6 +226,32 @@ fn three() -> u32 {
     3
 }
 
+/// Instance members: found like shards (`srv` or `list`), routed to by an id in the URL.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instances {
+    #[serde(default)]
+    pub list: Vec<ShardSpec>,
+    pub srv: Option<String>,
+    /// How a URL segment names a member.
+    #[serde(default)]
+    pub id: InstanceId,
+}
+
+/// How a URL segment names an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceId {
+    /// The member's host name (SRV target or list name), or its first label (`jvb-0` of
+    /// `jvb-0.jvb.jitsi.svc`): StatefulSet pod names.
+    #[default]
+    Host,
+    /// One of the member's IP addresses (docker-jitsi-meet's default `JVB_WS_SERVER_ID`).
+    Ip,
+    /// `jvb-<o2>-<o3>-<o4>` for a member at `<o1>.<o2>.<o3>.<o4>` (Jitsi's production form).
+    JitsiOctets,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Shards {
@@ -275,8 +314,31 @@ pub struct Route {
     pub shard: Option<ShardAction>,
     /// Plain balancing over a pool's shards (round robin over those up).
     pub pool: Option<String>,
+    /// To the instance a URL segment names, only if it is a current member.
+    pub instance: Option<InstanceAction>,
     /// A fixed answer from the edge.
     pub respond: Option<Respond>,
+    /// Remove `path_prefix` from the path before forwarding (`/sftd/x` -> `/x`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Cross-origin requests: preflights answered at the edge, WebSocket upgrades from other
+    /// origins refused.
+    pub cors: Option<Cors>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceAction {
+    pub pool: String,
+    /// Which path segment is the id, counting from 1 (`/colibri-ws/<id>/…`: 2).
+    pub segment: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins allowed (`https://meet.example.com`), or `"*"` for any.
+    pub allow_origin: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -387,6 +449,7 @@ impl Pool {
         Pool {
             name,
             shards: None,
+            instances: None,
             sticky: Sticky::default(),
             passive_down: default_passive_down(),
             health: None,
@@ -404,6 +467,9 @@ impl Route {
             host: None,
             shard: None,
             pool: None,
+            instance: None,
+            strip_prefix: false,
+            cors: None,
             respond: Some(Respond {
                 status: ok(),
                 body: String::new(),

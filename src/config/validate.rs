@@ -63,6 +63,7 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
     }
 
     let mut pools = HashSet::new();
+    let mut instance_pools = HashSet::new();
     for (i, p) in c.pool.iter().enumerate() {
         let at = format!("pool[{i}]");
         if !valid_name(&p.name) {
@@ -85,24 +86,38 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         if p.sticky.ttl.is_zero() {
             err(format!("{at}.sticky.ttl"), "must be more than 0s".into());
         }
-        let Some(shards) = &p.shards else {
-            err(at.clone(), "no members; expected shards.srv = \"_http._tcp.web.example.svc.\" or shards.list = [{ name = \"shard-0\", addrs = [\"10.0.0.5:80\"] }, …]".into());
-            continue;
+        let (shards_srv, list, key) = match (&p.shards, &p.instances) {
+            (Some(s), None) => (&s.srv, &s.list, "shards"),
+            (None, Some(i)) => (&i.srv, &i.list, "instances"),
+            (Some(_), Some(_)) => {
+                err(
+                    at.clone(),
+                    "both shards and instances; a pool has one kind of member".into(),
+                );
+                continue;
+            }
+            (None, None) => {
+                err(at.clone(), "no members; expected shards.srv = \"_http._tcp.web.example.svc.\" or shards.list = [{ name = \"shard-0\", addrs = [\"10.0.0.5:80\"] }, …] (or instances.…)".into());
+                continue;
+            }
         };
-        match (&shards.srv, shards.list.is_empty()) {
+        if key == "instances" {
+            instance_pools.insert(p.name.as_str());
+        }
+        match (shards_srv, list.is_empty()) {
             (Some(_), false) => err(
-                format!("{at}.shards"),
+                format!("{at}.{key}"),
                 "both srv and list; expected one of them".into(),
             ),
             (None, true) => err(
-                format!("{at}.shards"),
-                "no shards; expected srv = \"…\" or a non-empty list".into(),
+                format!("{at}.{key}"),
+                "no members; expected srv = \"…\" or a non-empty list".into(),
             ),
             _ => {}
         }
-        if let Some(name) = &shards.srv {
+        if let Some(name) = shards_srv {
             if let Err(why) = dns_name(name) {
-                err(format!("{at}.shards.srv"), why);
+                err(format!("{at}.{key}.srv"), why);
             }
         }
         if let Some(h) = &p.health {
@@ -143,8 +158,8 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
             err(format!("{at}.linger"), "must be more than 0s".into());
         }
         let mut names = HashSet::new();
-        for (j, s) in shards.list.iter().enumerate() {
-            let at = format!("{at}.shards.list[{j}]");
+        for (j, s) in list.iter().enumerate() {
+            let at = format!("{at}.{key}.list[{j}]");
             if !valid_name(&s.name) {
                 err(
                     format!("{at}.name"),
@@ -212,18 +227,54 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                 "expected a host name without port, e.g. \"meet.example.com\"".into(),
             );
         }
-        let actions = [r.shard.is_some(), r.pool.is_some(), r.respond.is_some()];
+        let actions = [
+            r.shard.is_some(),
+            r.instance.is_some(),
+            r.pool.is_some(),
+            r.respond.is_some(),
+        ];
         match actions.iter().filter(|a| **a).count() {
             1 => {}
-            0 => err(
-                at.clone(),
-                "no action; expected one of shard = { pool = … }, pool = \"…\", respond = { … }"
-                    .into(),
-            ),
-            _ => err(
-                at.clone(),
-                "more than one action; expected exactly one of shard, pool, respond".into(),
-            ),
+            0 => err(at.clone(), "no action; expected one of shard = { pool = … }, instance = { pool = …, segment = … }, pool = \"…\", respond = { … }".into()),
+            _ => err(at.clone(), "more than one action; expected exactly one of shard, instance, pool, respond".into()),
+        }
+        if let Some(i) = &r.instance {
+            if i.segment == 0 {
+                err(
+                    format!("{at}.instance.segment"),
+                    "segments count from 1 (/colibri-ws/<id>/…: 2)".into(),
+                );
+            }
+            if pools.contains(i.pool.as_str()) && !instance_pools.contains(i.pool.as_str()) {
+                err(
+                    format!("{at}.instance.pool"),
+                    format!("pool {:?} has shards, not instances", i.pool),
+                );
+            }
+        }
+        if let Some(sh) = &r.shard {
+            if instance_pools.contains(sh.pool.as_str()) {
+                err(
+                    format!("{at}.shard.pool"),
+                    format!("pool {:?} has instances, not shards", sh.pool),
+                );
+            }
+        }
+        if let Some(cors) = &r.cors {
+            if cors.allow_origin.is_empty() {
+                err(
+                    format!("{at}.cors.allow_origin"),
+                    "empty; expected origins like \"https://meet.example.com\" or \"*\"".into(),
+                );
+            }
+            for (k, o) in cors.allow_origin.iter().enumerate() {
+                if o != "*" && !(o.starts_with("https://") || o.starts_with("http://")) {
+                    err(
+                        format!("{at}.cors.allow_origin[{k}]"),
+                        format!("{o:?} is not an origin; expected scheme://host[:port] or \"*\""),
+                    );
+                }
+            }
         }
         let mut pool_ref = |path: String, name: &str| {
             if !pools.contains(name) {
@@ -238,6 +289,9 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         }
         if let Some(p) = &r.pool {
             pool_ref(format!("{at}.pool"), p);
+        }
+        if let Some(i) = &r.instance {
+            pool_ref(format!("{at}.instance.pool"), &i.pool);
         }
         if let Some(resp) = &r.respond {
             if !(200..=599).contains(&resp.status) {

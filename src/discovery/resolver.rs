@@ -33,12 +33,11 @@ pub enum Plan {
 impl Plan {
     /// The plan of a pool, or `None` when it has nothing to look up.
     pub fn of(pool: &PoolConfig) -> Option<Plan> {
-        let shards = pool.shards.as_ref()?;
-        if let Some(srv) = &shards.srv {
-            return Some(Plan::PoolSrv(srv.clone()));
+        let (srv, list) = pool.members();
+        if let Some(srv) = srv {
+            return Some(Plan::PoolSrv(srv.to_owned()));
         }
-        let list: Vec<_> = shards
-            .list
+        let list: Vec<_> = list
             .iter()
             .map(|s| (s.name.clone(), s.srv.clone()))
             .collect();

@@ -6,10 +6,11 @@
 //! room key -> shard (sticky) or any shard -> connect (retry once on the next choice if the
 //! shard refuses, marking it down) -> forward with X-Forwarded-* -> count.
 
+pub mod cors;
 pub mod headers;
 
 use crate::metrics::status_class;
-use crate::routing::{room_key, Action, Choice, Shard};
+use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
 use crate::runtime::Runtime;
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -30,6 +31,48 @@ impl Edge {
     pub fn new(shared: Arc<Shared>) -> Self {
         Edge { shared }
     }
+
+    /// The shard for this request: the instance its URL named, its room's shard, or any shard;
+    /// avoiding one that already refused it. `Err` says why none can take it.
+    fn choose(&self, pool: &Pool, ctx: &Ctx) -> std::result::Result<Arc<Shard>, String> {
+        let now = self.shared.now_ms();
+        if let Some(instance) = &ctx.instance {
+            // The named instance, draining or not (it owns its conferences), if it is up.
+            return match instance.is_up(now) && ctx.failed.is_none() {
+                true => Ok(instance.clone()),
+                false => Err(format!(
+                    "instance {} of pool {} is down",
+                    instance.name, pool.name
+                )),
+            };
+        }
+        let members = pool.members.load();
+        let exclude: &[usize] = ctx.failed.as_slice();
+        let index = match &ctx.room {
+            Some(room) => pool
+                .choose_for_room(&members, room, now, exclude)
+                .map(|choice| {
+                    if let Choice::Moved(_) = choice {
+                        self.shared
+                            .metrics
+                            .room_moves
+                            .with_label_values(&[&pool.name])
+                            .inc();
+                    }
+                    choice.index()
+                }),
+            None => pool.choose_any(&members, now, exclude),
+        };
+        match index {
+            Some(i) => Ok(members.shards[i].clone()),
+            None if members.shards.is_empty() => Err(format!("pool {} has no shards", pool.name)),
+            None if ctx.room.is_some() => Err(format!(
+                "no shard of pool {} is up and accepting new rooms",
+                pool.name
+            )),
+            None => Err(format!("no shard of pool {} is up", pool.name)),
+        }
+    }
 }
 
 /// Per-request state.
@@ -48,6 +91,10 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     /// Why no shard could take the request, for the 502/503 body.
     refusal: Option<String>,
+    /// The member an instance route named.
+    instance: Option<Arc<Shard>>,
+    /// An allowed cross-origin request's Origin, echoed on the response.
+    cors_origin: Option<String>,
 }
 
 async fn respond_text(
@@ -132,7 +179,33 @@ impl ProxyHttp for Edge {
             return Ok(true);
         };
         ctx.route = Some(route_index);
-        match &runtime.routes.routes[route_index].action {
+        let route = &runtime.routes.routes[route_index];
+        match cors::decide(route, req, ctx.upgrade) {
+            cors::CorsDecision::Pass => {}
+            cors::CorsDecision::Allow(origin) => ctx.cors_origin = Some(origin),
+            cors::CorsDecision::Preflight(resp) => {
+                session.write_response_header(resp, true).await?;
+                ctx.runtime = Some(runtime);
+                return Ok(true);
+            }
+            cors::CorsDecision::Refuse => {
+                self.shared
+                    .metrics
+                    .rejected
+                    .with_label_values(&["origin_not_allowed"])
+                    .inc();
+                respond_text(
+                    session,
+                    403,
+                    "text/plain; charset=utf-8",
+                    Bytes::from_static(b"origin not allowed\n"),
+                )
+                .await?;
+                ctx.runtime = Some(runtime);
+                return Ok(true);
+            }
+        }
+        match &route.action {
             Action::Respond(r) => {
                 let r = r.clone();
                 respond_text(
@@ -150,6 +223,32 @@ impl ProxyHttp for Edge {
                 ctx.room = room_key(path, req.uri.query(), *key);
             }
             Action::Pool(pool) => ctx.pool = Some(*pool),
+            Action::Instance { pool, segment } => {
+                let p = &runtime.pools[*pool];
+                let form = p.instance_id.unwrap_or_default();
+                let members = p.members.load();
+                let found = path_segment(path, *segment)
+                    .and_then(|id| find_instance(&members, id, form))
+                    .map(|i| members.shards[i].clone());
+                let Some(index) = found else {
+                    self.shared
+                        .metrics
+                        .rejected
+                        .with_label_values(&["unknown_instance"])
+                        .inc();
+                    respond_text(
+                        session,
+                        404,
+                        "text/plain; charset=utf-8",
+                        Bytes::from_static(b"no such instance\n"),
+                    )
+                    .await?;
+                    ctx.runtime = Some(runtime);
+                    return Ok(true);
+                };
+                ctx.pool = Some(*pool);
+                ctx.instance = Some(index);
+            }
         }
         ctx.runtime = Some(runtime);
         Ok(false)
@@ -158,43 +257,13 @@ impl ProxyHttp for Edge {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let runtime = ctx.runtime.clone().expect("set by request_filter");
         let pool = &runtime.pools[ctx.pool.expect("only pool routes reach upstream_peer")];
-        let members = pool.members.load();
-        let now = self.shared.now_ms();
-        let exclude: &[usize] = match &ctx.failed {
-            Some(i) => std::slice::from_ref(i),
-            None => &[],
+        let shard = match self.choose(pool, ctx) {
+            Ok(shard) => shard,
+            Err(why) => {
+                ctx.refusal = Some(why.clone());
+                return Error::e_explain(HTTPStatus(503), why);
+            }
         };
-        let index = match &ctx.room {
-            Some(room) => match pool.choose_for_room(&members, room, now, exclude) {
-                Some(choice) => {
-                    if let Choice::Moved(_) = choice {
-                        self.shared
-                            .metrics
-                            .room_moves
-                            .with_label_values(&[&pool.name])
-                            .inc();
-                    }
-                    Some(choice.index())
-                }
-                None => None,
-            },
-            None => pool.choose_any(&members, now, exclude),
-        };
-        let Some(index) = index else {
-            let why = if members.shards.is_empty() {
-                format!("pool {} has no shards", pool.name)
-            } else if ctx.room.is_some() {
-                format!(
-                    "no shard of pool {} is up and accepting new rooms",
-                    pool.name
-                )
-            } else {
-                format!("no shard of pool {} is up", pool.name)
-            };
-            ctx.refusal = Some(why.clone());
-            return Error::e_explain(HTTPStatus(503), why);
-        };
-        let shard = members.shards[index].clone();
         debug!(pool = %pool.name, shard = %shard.name, room = ctx.room.as_deref().unwrap_or("-"), "chosen");
         let timeouts = &runtime.config.timeouts;
         let Some(addr) = shard.next_addr() else {
@@ -264,7 +333,7 @@ impl ProxyHttp for Edge {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
         let client = session
             .client_addr()
@@ -272,6 +341,18 @@ impl ProxyHttp for Edge {
             .map(|a| a.ip());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         headers::add_forwarding(upstream, client, tls);
+        if let (Some(runtime), Some(r)) = (&ctx.runtime, ctx.route) {
+            let path = upstream.uri.path();
+            if let Some(stripped) = runtime.routes.routes[r].upstream_path(path) {
+                let new = match upstream.uri.query() {
+                    Some(q) => format!("{stripped}?{q}"),
+                    None => stripped.to_owned(),
+                };
+                if let Ok(uri) = new.parse::<http::Uri>() {
+                    upstream.set_uri(uri);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -281,6 +362,9 @@ impl ProxyHttp for Edge {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(origin) = &ctx.cors_origin {
+            cors::add_allow(resp, origin);
+        }
         if ctx.upgrade && resp.status == 101 && !ctx.tunnel_open {
             ctx.tunnel_open = true;
             self.shared.metrics.tunnels_open.inc();

@@ -3,11 +3,13 @@
 //! Pure functions and lock-free state (atomics, a concurrent cache); no sockets. The proxy
 //! loads one [`crate::runtime::Runtime`] snapshot per request and asks these functions.
 
+pub mod instance;
 pub mod pool;
 pub mod room;
 pub mod route;
 pub mod sticky;
 
+pub use instance::{find_instance, path_segment};
 pub use pool::{AgentState, Choice, Members, Pool, Shard, ShardState};
 pub use room::room_key;
 pub use route::{Action, CompiledRoute, RouteTable};

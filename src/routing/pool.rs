@@ -298,6 +298,8 @@ pub struct Pool {
     pub linger: Duration,
     /// The active health check, whose `fall` refused connections also count toward.
     pub health: Option<crate::config::Health>,
+    /// How URL segments name members, for instance pools.
+    pub instance_id: Option<crate::config::InstanceId>,
     round_robin: AtomicUsize,
     /// Rooms with open tunnels (room -> count); their stick entries are refreshed while they
     /// live. Touched when a tunnel opens or closes, never per request.
@@ -307,9 +309,9 @@ pub struct Pool {
 impl Pool {
     pub fn from_config(c: &PoolConfig) -> Self {
         let shards = c
-            .shards
+            .members()
+            .1
             .iter()
-            .flat_map(|s| &s.list)
             .map(|spec| Arc::new(Shard::from_spec(spec)))
             .collect();
         Pool {
@@ -320,6 +322,7 @@ impl Pool {
             passive_down: c.passive_down,
             linger: c.linger,
             health: c.health.clone(),
+            instance_id: c.instances.as_ref().map(|i| i.id),
             round_robin: AtomicUsize::new(0),
             open_tunnels: Mutex::new(HashMap::new()),
         }
@@ -425,6 +428,7 @@ mod tests {
         Pool::from_config(&PoolConfig {
             name: "p".into(),
             shards: Some(Shards { list, srv: None }),
+            instances: None,
             sticky: Sticky::default(),
             passive_down: Duration::from_secs(10),
             linger: Duration::from_secs(600),

@@ -1,13 +1,21 @@
 //! The route table: routes tried in file order, the first whose host and path prefix match
 //! takes the request and names its action.
 
-use crate::config::{Respond, RoomKeySource, Route};
+use crate::config::{Cors, Respond, RoomKeySource, Route};
 use std::sync::Arc;
 
 /// What a matched route does. Pools are indexes into the runtime's pool list.
 #[derive(Debug, Clone)]
 pub enum Action {
-    Shard { pool: usize, key: RoomKeySource },
+    Shard {
+        pool: usize,
+        key: RoomKeySource,
+    },
+    /// To the member the `segment`th path segment names.
+    Instance {
+        pool: usize,
+        segment: usize,
+    },
     Pool(usize),
     Respond(Arc<Respond>),
 }
@@ -19,18 +27,25 @@ pub struct CompiledRoute {
     host: Option<String>,
     prefix: String,
     pub action: Action,
+    /// Remove the prefix before forwarding.
+    pub strip_prefix: bool,
+    pub cors: Option<Arc<Cors>>,
 }
 
 impl CompiledRoute {
     /// `pool_index` resolves a pool name (validation guarantees it exists).
     pub fn new(r: &Route, pool_index: impl Fn(&str) -> usize) -> Self {
-        let action = match (&r.shard, &r.pool, &r.respond) {
-            (Some(s), _, _) => Action::Shard {
+        let action = match (&r.shard, &r.pool, &r.respond, &r.instance) {
+            (Some(s), ..) => Action::Shard {
                 pool: pool_index(&s.pool),
                 key: s.key,
             },
-            (_, Some(p), _) => Action::Pool(pool_index(p)),
-            (_, _, Some(resp)) => Action::Respond(Arc::new(resp.clone())),
+            (_, Some(p), ..) => Action::Pool(pool_index(p)),
+            (_, _, Some(resp), _) => Action::Respond(Arc::new(resp.clone())),
+            (.., Some(i)) => Action::Instance {
+                pool: pool_index(&i.pool),
+                segment: i.segment,
+            },
             _ => unreachable!("validation requires one action per route"),
         };
         let label = r.name.clone().unwrap_or_else(|| match &r.host {
@@ -42,7 +57,27 @@ impl CompiledRoute {
             host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
             prefix: r.path_prefix.clone(),
             action,
+            strip_prefix: r.strip_prefix,
+            cors: r.cors.clone().map(Arc::new),
         }
+    }
+
+    /// The path to forward: without the prefix when the route strips it.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if !self.strip_prefix {
+            return None;
+        }
+        let rest = path.strip_prefix(self.prefix.trim_end_matches('/'))?;
+        Some(if rest.is_empty() { "/" } else { rest })
+    }
+
+    /// Whether `origin` may make cross-origin requests to this route.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.cors.as_ref().is_some_and(|c| {
+            c.allow_origin
+                .iter()
+                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        })
     }
 
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
@@ -91,7 +126,10 @@ mod tests {
             host: host.map(Into::into),
             shard: None,
             pool: Some(pool.into()),
+            instance: None,
             respond: None,
+            strip_prefix: false,
+            cors: None,
         }
     }
 

@@ -170,11 +170,17 @@ async fn handle(
             .unwrap());
     }
     seen.requests.fetch_add(1, Ordering::SeqCst);
-    *seen.last_headers.lock().unwrap() = req
+    let mut headers: Vec<(String, String)> = req
         .headers()
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
         .collect();
+    // The path as received, under a name no real header has.
+    headers.push((
+        ":path".into(),
+        req.uri().path_and_query().map_or("", |p| p.as_str()).into(),
+    ));
+    *seen.last_headers.lock().unwrap() = headers;
     if req
         .headers()
         .get("upgrade")
@@ -353,7 +359,10 @@ impl Drop for Shardgate {
         if std::thread::panicking() {
             eprintln!(
                 "--- shardgate log ---\n{}",
-                self.log.lock().unwrap().join("\n")
+                self.log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .join("\n")
             );
         }
         let _ = self.child.kill();
