@@ -60,6 +60,7 @@ pub fn apply(
             }
             continue;
         }
+        changed |= shard.vanished_at().is_none();
         shard.set_vanished(Some(now_ms));
         let since = shard.vanished_at().unwrap_or(now_ms);
         if now_ms.saturating_sub(since) < linger_ms && shard.is_up(now_ms) {
@@ -143,7 +144,8 @@ mod tests {
             0,
             1000,
         );
-        let (m2, _) = apply(&m1, Some(&[spec("a", "10.0.0.1")]), 100, 1000);
+        let (m2, changed) = apply(&m1, Some(&[spec("a", "10.0.0.1")]), 100, 1000);
+        assert!(changed, "a shard starting to linger is a change (logged)");
         assert_eq!(names(&m2), ["a", "b"]);
         assert!(m2.get("b").unwrap().is_lingering() && m2.get("b").unwrap().is_draining());
         // No answer (DNS failing): lingering still ages.

@@ -137,7 +137,7 @@ pub async fn lookup_srv(
     }
     for r in &records {
         let key = host_key(&r.target);
-        if addrs.contains_key(&key) {
+        if key.is_empty() || addrs.contains_key(&key) {
             continue;
         }
         // Not in the additional section: resolve the target. One that does not resolve is

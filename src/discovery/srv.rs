@@ -33,6 +33,10 @@ pub fn members_from_srv(
     let mut members: BTreeMap<String, MemberSpec> = BTreeMap::new();
     for r in records.iter().filter(|r| r.priority == best) {
         let name = host_key(&r.target);
+        // RFC 2782: the target "." means the service is decidedly not offered.
+        if name.is_empty() {
+            continue;
+        }
         let Some(ips) = addrs.get(&name).filter(|ips| !ips.is_empty()) else {
             continue;
         };
@@ -128,6 +132,8 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].addrs.len(), 2);
         assert!(members_from_srv(&[], &HashMap::new()).is_empty());
+        let nothing = [rec(0, 1, 80, ".")];
+        assert!(members_from_srv(&nothing, &ips(&[(".", "10.0.0.1")])).is_empty());
         assert_eq!(
             addrs_from_srv(&records, &ips(&[("a", "10.0.0.1"), ("b", "10.0.0.1")])).len(),
             2
