@@ -19,11 +19,16 @@ fn main() {
             weight: 1 + (i % 3) as u32,
             drain: false,
             srv: None,
+            host: None,
         })
         .collect();
     let pool = Pool::from_config(&PoolConfig {
         name: "shards".into(),
-        shards: Some(Shards { list, srv: None }),
+        shards: Some(Shards {
+            list,
+            srv: None,
+            dns: None,
+        }),
         instances: None,
         sticky: Sticky {
             ttl: Duration::from_secs(3600),

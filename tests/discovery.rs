@@ -254,3 +254,52 @@ async fn the_edge_starts_before_names_resolve() {
     wait_for_members(&sg, 1, 1).await;
     assert_eq!(shard_of(&c, &sg, "x").await, "shard-a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_address_records_name_shard_servers_and_instances() {
+    let dns = DnsServer::start().await;
+    let a = Backend::start_at("web-a", "127.0.0.2", 0).await;
+    // A second web server on the same port at another address; the name decides which is used.
+    let port = a.addr.port();
+    let b2 = Backend::start_at("web-b2", "127.0.0.3", port).await;
+    dns.set_a(
+        "shard-0.hosts.test.",
+        1,
+        &["127.0.0.2".parse::<IpAddr>().unwrap()],
+    );
+    dns.set_a(
+        "jvb.hosts.test.",
+        30,
+        &["127.0.0.2".parse::<IpAddr>().unwrap()],
+    );
+    let (head, http, admin) = config_head("t");
+    let text = format!(
+        "{head}[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"1s\"\ntimeout = \"300ms\"\n\n\
+         [[pool]]\nname = \"shards\"\nshards.list = [{{ name = \"shard-0\", host = \"shard-0.hosts.test.:{port}\" }}]\n\n\
+         [[pool]]\nname = \"jvb\"\ninstances.dns = \"jvb.hosts.test.:{port}\"\ninstances.id = \"ip\"\n\n\
+         [[route]]\npath_prefix = \"/colibri-ws/\"\ninstance = {{ pool = \"jvb\", segment = 2 }}\n\n\
+         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        dns.addr
+    );
+    let sg = Shardgate::start(&text, http, admin);
+    wait_for_members(&sg, 1, 1).await;
+    let c = client();
+    assert_eq!(shard_of(&c, &sg, "x").await, "web-a");
+    let (status, body) = get(&c, &sg.url("/colibri-ws/127.0.0.2/conf/ep")).await;
+    assert_eq!((status, body.as_str()), (200, "web-a\n"));
+    let (status, _) = get(&c, &sg.url("/colibri-ws/127.0.0.3/conf/ep")).await;
+    assert_eq!(status, 404, "not a member of jvb.hosts.test");
+
+    // The shard's name now points at another server: the room follows its shard there.
+    dns.set_a(
+        "shard-0.hosts.test.",
+        1,
+        &["127.0.0.3".parse::<IpAddr>().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shard_of(&c, &sg, "x").await != "web-b2" {
+        assert!(Instant::now() < deadline, "the new address was never used");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(b2.requests() > 0);
+}

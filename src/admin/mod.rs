@@ -184,10 +184,14 @@ impl Admin {
                 .with_label_values(&[&p.name])
                 .set(p.stick.len() as i64);
             for s in &p.members.load().shards {
-                let state = match (s.is_up(now), s.is_draining()) {
-                    (false, _) => "down",
-                    (true, true) => "draining",
-                    (true, false) => "up",
+                let state = if !s.is_up(now) {
+                    "down"
+                } else if s.is_lingering() {
+                    "lingering"
+                } else if s.is_draining() {
+                    "draining"
+                } else {
+                    "up"
                 };
                 m.shard_state
                     .with_label_values(&[&p.name, &s.name, state])

@@ -136,15 +136,37 @@ impl Default for Resolver {
     }
 }
 
+/// Where a pool's members come from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemberSource<'a> {
+    /// Every target of this SRV name is a member.
+    Srv(&'a str),
+    /// Every address of this `name:port` is a member.
+    Dns(&'a str),
+    /// The listed members.
+    List(&'a [ShardSpec]),
+}
+
 impl Pool {
-    /// The members' SRV name and list, whether they are shards or instances.
-    pub fn members(&self) -> (Option<&str>, &[ShardSpec]) {
-        match (&self.shards, &self.instances) {
-            (Some(s), _) => (s.srv.as_deref(), &s.list),
-            (None, Some(i)) => (i.srv.as_deref(), &i.list),
-            (None, None) => (None, &[]),
+    /// Where the members come from, whether they are shards or instances.
+    pub fn members(&self) -> MemberSource<'_> {
+        let (srv, dns, list) = match (&self.shards, &self.instances) {
+            (Some(s), _) => (&s.srv, &s.dns, &s.list[..]),
+            (None, Some(i)) => (&i.srv, &i.dns, &i.list[..]),
+            (None, None) => return MemberSource::List(&[]),
+        };
+        match (srv, dns) {
+            (Some(srv), _) => MemberSource::Srv(srv),
+            (None, Some(dns)) => MemberSource::Dns(dns),
+            (None, None) => MemberSource::List(list),
         }
     }
+}
+
+/// Splits `name:port` (port required).
+pub fn host_port(text: &str) -> Option<(&str, u16)> {
+    let (name, port) = text.rsplit_once(':')?;
+    Some((name, port.parse().ok().filter(|p| *p > 0)?))
 }
 
 /// A named set of backends.
@@ -233,6 +255,8 @@ pub struct Instances {
     #[serde(default)]
     pub list: Vec<ShardSpec>,
     pub srv: Option<String>,
+    /// `name:port`: every A/AAAA address of the name is one member, named by its address.
+    pub dns: Option<String>,
     /// How a URL segment names a member.
     #[serde(default)]
     pub id: InstanceId,
@@ -260,6 +284,8 @@ pub struct Shards {
     pub list: Vec<ShardSpec>,
     /// An SRV name whose every target is one shard, named by its target host.
     pub srv: Option<String>,
+    /// `name:port`: every A/AAAA address of the name is one shard, named by its address.
+    pub dns: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -272,6 +298,8 @@ pub struct ShardSpec {
     pub addrs: Vec<SocketAddr>,
     /// Or an SRV name listing the shard's web servers (several pods of one shard).
     pub srv: Option<String>,
+    /// Or `name:port`: the shard's web servers are the name's A/AAAA addresses.
+    pub host: Option<String>,
     /// Rendezvous weight; a shard of weight 2 gets about twice the new rooms of weight 1.
     #[serde(default = "one")]
     pub weight: u32,

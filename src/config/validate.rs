@@ -86,9 +86,9 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         if p.sticky.ttl.is_zero() {
             err(format!("{at}.sticky.ttl"), "must be more than 0s".into());
         }
-        let (shards_srv, list, key) = match (&p.shards, &p.instances) {
-            (Some(s), None) => (&s.srv, &s.list, "shards"),
-            (None, Some(i)) => (&i.srv, &i.list, "instances"),
+        let (srv, dns, list, key) = match (&p.shards, &p.instances) {
+            (Some(s), None) => (&s.srv, &s.dns, &s.list, "shards"),
+            (None, Some(i)) => (&i.srv, &i.dns, &i.list, "instances"),
             (Some(_), Some(_)) => {
                 err(
                     at.clone(),
@@ -104,20 +104,30 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         if key == "instances" {
             instance_pools.insert(p.name.as_str());
         }
-        match (shards_srv, list.is_empty()) {
-            (Some(_), false) => err(
+        match [srv.is_some(), dns.is_some(), !list.is_empty()]
+            .iter()
+            .filter(|x| **x)
+            .count()
+        {
+            1 => {}
+            0 => err(
                 format!("{at}.{key}"),
-                "both srv and list; expected one of them".into(),
+                "no members; expected one of srv = \"…\", dns = \"name:port\" or a non-empty list"
+                    .into(),
             ),
-            (None, true) => err(
+            _ => err(
                 format!("{at}.{key}"),
-                "no members; expected srv = \"…\" or a non-empty list".into(),
+                "more than one of srv, dns and list; expected one".into(),
             ),
-            _ => {}
         }
-        if let Some(name) = shards_srv {
+        if let Some(name) = srv {
             if let Err(why) = dns_name(name) {
                 err(format!("{at}.{key}.srv"), why);
+            }
+        }
+        if let Some(hp) = dns {
+            if let Err(why) = name_and_port(hp) {
+                err(format!("{at}.{key}.dns"), why);
             }
         }
         if let Some(h) = &p.health {
@@ -174,21 +184,20 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                     format!("another shard of this pool is already named {:?}", s.name),
                 );
             }
-            match (&s.srv, s.addrs.is_empty()) {
-                (Some(_), false) => err(
-                    at.clone(),
-                    "both addrs and srv; expected one of them".into(),
-                ),
-                (None, true) => err(
-                    format!("{at}.addrs"),
-                    "empty; expected at least one \"ip:port\" (or srv = \"…\")".into(),
-                ),
-                (Some(name), true) => {
-                    if let Err(why) = dns_name(name) {
-                        err(format!("{at}.srv"), why);
-                    }
+            match [!s.addrs.is_empty(), s.srv.is_some(), s.host.is_some()].iter().filter(|x| **x).count() {
+                1 => {}
+                0 => err(format!("{at}.addrs"), "empty; expected at least one \"ip:port\" (or srv = \"…\", or host = \"name:port\")".into()),
+                _ => err(at.clone(), "more than one of addrs, srv and host; expected one".into()),
+            }
+            if let Some(name) = &s.srv {
+                if let Err(why) = dns_name(name) {
+                    err(format!("{at}.srv"), why);
                 }
-                (None, false) => {}
+            }
+            if let Some(hp) = &s.host {
+                if let Err(why) = name_and_port(hp) {
+                    err(format!("{at}.host"), why);
+                }
             }
             if s.weight > 10_000 {
                 err(
@@ -325,6 +334,16 @@ fn dns_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a DNS name; expected e.g. \"_http._tcp.web.jitsi.svc.cluster.local.\""
         ))
+    }
+}
+
+/// `name:port` for A/AAAA discovery.
+fn name_and_port(text: &str) -> Result<(), String> {
+    match super::model::host_port(text) {
+        Some((name, _)) if dns_name(name).is_ok() => Ok(()),
+        _ => Err(format!(
+            "{text:?} is not name:port; expected e.g. \"web.jitsi.svc.cluster.local.:80\""
+        )),
     }
 }
 

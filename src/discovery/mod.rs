@@ -17,4 +17,4 @@ pub mod resolver;
 
 pub use agent::{parse_agent, AgentReply};
 pub use membership::{apply, MemberSpec};
-pub use srv::{members_from_srv, SrvRecord};
+pub use srv::{members_from_addrs, members_from_srv, SrvRecord};

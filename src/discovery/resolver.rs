@@ -5,8 +5,8 @@
 //! empty (so they linger, draining, for the pool's `linger`). State changes are logged once.
 
 use super::membership::{apply, MemberSpec};
-use super::srv::{addrs_from_srv, host_key, members_from_srv, SrvRecord};
-use crate::config::{Pool as PoolConfig, Resolver as ResolverConfig};
+use super::srv::{addrs_from_srv, host_key, members_from_addrs, members_from_srv, SrvRecord};
+use crate::config::{host_port, MemberSource, Pool as PoolConfig, Resolver as ResolverConfig};
 use crate::routing::Pool;
 use crate::state::Shared;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig as HickoryConfig};
@@ -15,7 +15,7 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::TokioResolver;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -23,27 +23,47 @@ use tracing::{info, warn};
 /// What a pool looks up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
-    /// Every target of this SRV name is a shard.
+    /// Every target of this SRV name is a member.
     PoolSrv(String),
-    /// Listed shards, some with an SRV name for their web servers: (shard name, SRV name or
-    /// `None` for a static shard).
-    ShardSrv(Vec<(String, Option<String>)>),
+    /// Every A/AAAA address of this name is a member (with this port).
+    PoolDns(String, u16),
+    /// Listed members, each with where its addresses come from.
+    ShardList(Vec<(String, AddrSource)>),
+}
+
+/// Where a listed member's addresses come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrSource {
+    Static,
+    Srv(String),
+    Host(String, u16),
 }
 
 impl Plan {
     /// The plan of a pool, or `None` when it has nothing to look up.
     pub fn of(pool: &PoolConfig) -> Option<Plan> {
-        let (srv, list) = pool.members();
-        if let Some(srv) = srv {
-            return Some(Plan::PoolSrv(srv.to_owned()));
-        }
+        let list = match pool.members() {
+            MemberSource::Srv(srv) => return Some(Plan::PoolSrv(srv.to_owned())),
+            MemberSource::Dns(hp) => {
+                let (name, port) = host_port(hp)?;
+                return Some(Plan::PoolDns(name.to_owned(), port));
+            }
+            MemberSource::List(list) => list,
+        };
         let list: Vec<_> = list
             .iter()
-            .map(|s| (s.name.clone(), s.srv.clone()))
+            .map(|s| {
+                let source = match (&s.srv, s.host.as_deref().and_then(host_port)) {
+                    (Some(srv), _) => AddrSource::Srv(srv.clone()),
+                    (None, Some((name, port))) => AddrSource::Host(name.to_owned(), port),
+                    (None, None) => AddrSource::Static,
+                };
+                (s.name.clone(), source)
+            })
             .collect();
         list.iter()
-            .any(|(_, srv)| srv.is_some())
-            .then_some(Plan::ShardSrv(list))
+            .any(|(_, source)| *source != AddrSource::Static)
+            .then_some(Plan::ShardList(list))
     }
 }
 
@@ -149,6 +169,31 @@ pub async fn lookup_srv(
     Ok((records, addrs, valid_for))
 }
 
+/// The A/AAAA addresses of `name` with `port`, with how long the answer holds.
+pub async fn lookup_host(
+    resolver: &TokioResolver,
+    name: &str,
+    port: u16,
+) -> Result<(Vec<SocketAddr>, Duration), LookupError> {
+    let lookup = resolver.lookup_ip(name).await.map_err(|source| {
+        if source.is_no_records_found() {
+            LookupError::NoRecords(name.to_owned())
+        } else {
+            LookupError::Failed {
+                name: name.to_owned(),
+                source,
+            }
+        }
+    })?;
+    let valid_for = lookup
+        .valid_until()
+        .saturating_duration_since(Instant::now());
+    let mut addrs: Vec<SocketAddr> = lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok((addrs, valid_for))
+}
+
 /// One pool's discovery loop; returns when `shutdown` fires.
 pub async fn run_pool(
     shared: Arc<Shared>,
@@ -167,7 +212,11 @@ pub async fn run_pool(
                 Ok((records, addrs, ttl)) => (Ok(members_from_srv(&records, &addrs)), ttl),
                 Err(e) => (Err(e), cfg.min_ttl),
             },
-            Plan::ShardSrv(list) => shard_srv_answer(&resolver, &pool, list).await,
+            Plan::PoolDns(name, port) => match lookup_host(&resolver, name, *port).await {
+                Ok((addrs, ttl)) => (Ok(members_from_addrs(&addrs)), ttl),
+                Err(e) => (Err(e), cfg.min_ttl),
+            },
+            Plan::ShardList(list) => shard_list_answer(&resolver, &pool, list).await,
         };
         let result = match &answer {
             Ok(_) => "ok",
@@ -229,35 +278,39 @@ pub async fn run_pool(
     }
 }
 
-/// Listed shards with their own SRV names: each keeps its last good addresses while its lookup
+/// Listed shards with names of their own: each keeps its last good addresses while its lookup
 /// fails (no shard leaves: the list is the config's).
-async fn shard_srv_answer(
+async fn shard_list_answer(
     resolver: &TokioResolver,
     pool: &Pool,
-    list: &[(String, Option<String>)],
+    list: &[(String, AddrSource)],
 ) -> (Result<Vec<MemberSpec>, LookupError>, Duration) {
     let members = pool.members.load();
     let mut specs = Vec::with_capacity(list.len());
     let mut wait = Duration::MAX;
     let mut first_error = None;
-    for (name, srv) in list {
+    for (name, source) in list {
         let Some(shard) = members.get(name) else {
             continue;
         };
-        let addrs = match srv {
-            None => shard.addrs().to_vec(),
-            Some(srv) => match lookup_srv(resolver, srv).await {
-                Ok((records, ips, ttl)) => {
-                    wait = wait.min(ttl);
-                    addrs_from_srv(&records, &ips)
-                }
-                Err(LookupError::NoRecords(_)) => Vec::new(),
-                Err(e) => {
-                    wait = Duration::ZERO;
-                    first_error.get_or_insert(e);
-                    shard.addrs().to_vec()
-                }
-            },
+        let looked_up = match source {
+            AddrSource::Static => Ok((shard.addrs().to_vec(), Duration::MAX)),
+            AddrSource::Srv(srv) => lookup_srv(resolver, srv)
+                .await
+                .map(|(records, ips, ttl)| (addrs_from_srv(&records, &ips), ttl)),
+            AddrSource::Host(host, port) => lookup_host(resolver, host, *port).await,
+        };
+        let addrs = match looked_up {
+            Ok((addrs, ttl)) => {
+                wait = wait.min(ttl);
+                addrs
+            }
+            Err(LookupError::NoRecords(_)) => Vec::new(),
+            Err(e) => {
+                wait = Duration::ZERO;
+                first_error.get_or_insert(e);
+                shard.addrs().to_vec()
+            }
         };
         specs.push(MemberSpec {
             name: name.clone(),

@@ -62,6 +62,27 @@ pub fn members_from_srv(
         .collect()
 }
 
+/// Members from plain A/AAAA answers: every address is one member, named by the address.
+pub fn members_from_addrs(addrs: &[SocketAddr]) -> Vec<MemberSpec> {
+    let mut members: Vec<MemberSpec> = addrs
+        .iter()
+        .map(|a| MemberSpec {
+            name: a.ip().to_string(),
+            weight: 1,
+            addrs: vec![*a],
+        })
+        .collect();
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    members.dedup_by(|a, b| {
+        let same = a.name == b.name;
+        if same {
+            b.addrs.append(&mut a.addrs);
+        }
+        same
+    });
+    members
+}
+
 /// Every address of every target in the lowest priority class: the web servers of one shard
 /// that has an SRV name of its own.
 pub fn addrs_from_srv(
@@ -138,6 +159,20 @@ mod tests {
             addrs_from_srv(&records, &ips(&[("a", "10.0.0.1"), ("b", "10.0.0.1")])).len(),
             2
         );
+    }
+
+    #[test]
+    fn plain_addresses_are_members_named_by_address() {
+        let a: Vec<SocketAddr> = ["10.0.0.2:9090", "10.0.0.1:9090", "10.0.0.1:9091"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let m = members_from_addrs(&a);
+        assert_eq!(
+            m.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.1", "10.0.0.2"]
+        );
+        assert_eq!(m[0].addrs.len(), 2);
     }
 
     proptest! {

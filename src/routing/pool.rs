@@ -308,9 +308,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn from_config(c: &PoolConfig) -> Self {
-        let shards = c
-            .members()
-            .1
+        let list = match c.members() {
+            crate::config::MemberSource::List(list) => list,
+            _ => &[],
+        };
+        let shards = list
             .iter()
             .map(|spec| Arc::new(Shard::from_spec(spec)))
             .collect();
@@ -423,11 +425,16 @@ mod tests {
                 weight: 1,
                 drain: false,
                 srv: None,
+                host: None,
             })
             .collect();
         Pool::from_config(&PoolConfig {
             name: "p".into(),
-            shards: Some(Shards { list, srv: None }),
+            shards: Some(Shards {
+                list,
+                srv: None,
+                dns: None,
+            }),
             instances: None,
             sticky: Sticky::default(),
             passive_down: Duration::from_secs(10),
