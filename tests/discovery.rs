@@ -119,7 +119,14 @@ async fn shards_come_and_go_without_moving_live_rooms() {
 
     // A shard added: existing rooms stay put; new rooms can go to it.
     publish(&dns, 1, &[&b[0], &b[1], &b[2], &b[3]]);
+    let changed = Instant::now();
     wait_for_members(&sg, 4, 4).await;
+    // No stale set past the TTL (1 s) plus a lookup round (timeout 300 ms) and polling.
+    assert!(
+        changed.elapsed() < Duration::from_millis(2500),
+        "new member seen after {:?}",
+        changed.elapsed()
+    );
     assert_eq!(
         placements(&sg, &rooms).await,
         before,
