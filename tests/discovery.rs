@@ -71,33 +71,6 @@ async fn shard_of(c: &reqwest::Client, sg: &Shardgate, room: &str) -> String {
     body.trim().to_owned()
 }
 
-async fn placements(sg: &Shardgate, rooms: &[String]) -> HashMap<String, String> {
-    let c = client();
-    let mut out = HashMap::new();
-    for chunk in rooms.chunks(100) {
-        let tasks: Vec<_> = chunk
-            .iter()
-            .map(|r| {
-                let (c, r, url) = (
-                    c.clone(),
-                    r.clone(),
-                    sg.url(&format!("/http-bind?room={r}")),
-                );
-                tokio::spawn(async move {
-                    let (status, body) = get(&c, &url).await;
-                    assert_eq!(status, 200, "{r}: {body}");
-                    (r, body.trim().to_owned())
-                })
-            })
-            .collect();
-        for t in tasks {
-            let (r, s) = t.await.unwrap();
-            out.insert(r, s);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shards_come_and_go_without_moving_live_rooms() {
     let dns = DnsServer::start().await;
@@ -152,15 +125,7 @@ async fn shards_come_and_go_without_moving_live_rooms() {
         .await
         .values()
         .all(|s| s != "shard-b"));
-    let listing: serde_json::Value = client()
-        .get(sg.admin_url("/admin/shards"))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = admin_shards(&sg, "t").await;
     let states: HashMap<String, String> = listing["pools"][0]["shards"]
         .as_array()
         .unwrap()

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
@@ -21,30 +20,10 @@ fn pool_config(head: &str, backends: &[&Backend], extra: &str) -> String {
     )
 }
 
-async fn placements(sg: &Shardgate, rooms: &[String]) -> HashMap<String, String> {
-    let c = client();
-    let mut out = HashMap::new();
-    for r in rooms {
-        let (status, body) = get(&c, &sg.url(&format!("/http-bind?room={r}"))).await;
-        assert_eq!(status, 200, "{r}: {body}");
-        out.insert(r.clone(), body.trim().to_owned());
-    }
-    out
-}
-
 async fn wait_for_state(sg: &Shardgate, shard: &str, state: &str) {
-    let c = client();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v: serde_json::Value = c
-            .get(sg.admin_url("/admin/shards"))
-            .bearer_auth("t")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = admin_shards(sg, "t").await;
         let now = v["pools"][0]["shards"]
             .as_array()
             .unwrap()

@@ -140,15 +140,7 @@ async fn draining_shard_keeps_its_rooms_and_gets_no_new_ones() {
             "new room {room} went to the draining shard"
         );
     }
-    let listing: serde_json::Value = c
-        .get(sg.admin_url("/admin/shards"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listing = admin_shards(&sg, TOKEN).await;
     let s1 = &listing["pools"][0]["shards"][1];
     assert_eq!(s1["name"], "shard-1");
     assert_eq!(s1["state"], "draining (admin)");

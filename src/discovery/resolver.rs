@@ -77,6 +77,19 @@ pub enum LookupError {
     Failed { name: String, source: NetError },
 }
 
+impl LookupError {
+    fn of(name: &str, source: NetError) -> Self {
+        if source.is_no_records_found() {
+            LookupError::NoRecords(name.to_owned())
+        } else {
+            LookupError::Failed {
+                name: name.to_owned(),
+                source,
+            }
+        }
+    }
+}
+
 /// Builds the resolver: `nameservers` when given, else /etc/resolv.conf. Answers are not
 /// cached by hickory (discovery re-asks after the TTL itself).
 pub fn build(cfg: &ResolverConfig) -> Result<TokioResolver, String> {
@@ -113,20 +126,10 @@ pub async fn lookup_srv(
     resolver: &TokioResolver,
     name: &str,
 ) -> Result<(Vec<SrvRecord>, HashMap<String, Vec<IpAddr>>, Duration), LookupError> {
-    let failed = |source: NetError| {
-        if source.is_no_records_found() {
-            LookupError::NoRecords(name.to_owned())
-        } else {
-            LookupError::Failed {
-                name: name.to_owned(),
-                source,
-            }
-        }
-    };
     let lookup = resolver
         .lookup(name, RecordType::SRV)
         .await
-        .map_err(failed)?;
+        .map_err(|e| LookupError::of(name, e))?;
     let valid_for = lookup
         .valid_until()
         .saturating_duration_since(Instant::now());
@@ -175,16 +178,10 @@ pub async fn lookup_host(
     name: &str,
     port: u16,
 ) -> Result<(Vec<SocketAddr>, Duration), LookupError> {
-    let lookup = resolver.lookup_ip(name).await.map_err(|source| {
-        if source.is_no_records_found() {
-            LookupError::NoRecords(name.to_owned())
-        } else {
-            LookupError::Failed {
-                name: name.to_owned(),
-                source,
-            }
-        }
-    })?;
+    let lookup = resolver
+        .lookup_ip(name)
+        .await
+        .map_err(|e| LookupError::of(name, e))?;
     let valid_for = lookup
         .valid_until()
         .saturating_duration_since(Instant::now());

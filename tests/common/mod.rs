@@ -380,6 +380,51 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET /admin/shards` with the bearer token, as JSON.
+pub async fn admin_shards(sg: &Shardgate, token: &str) -> serde_json::Value {
+    client()
+        .get(sg.admin_url("/admin/shards"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Room -> the shard that answered `/http-bind?room=<room>` (100 requests at a time; each must
+/// be a 200).
+pub async fn placements(
+    sg: &Shardgate,
+    rooms: &[String],
+) -> std::collections::HashMap<String, String> {
+    let c = client();
+    let mut out = std::collections::HashMap::new();
+    for chunk in rooms.chunks(100) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|r| {
+                let (c, r, url) = (
+                    c.clone(),
+                    r.clone(),
+                    sg.url(&format!("/http-bind?room={r}")),
+                );
+                tokio::spawn(async move {
+                    let (status, body) = get(&c, &url).await;
+                    assert_eq!(status, 200, "{r}: {body}");
+                    (r, body.trim().to_owned())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (r, s) = t.await.unwrap();
+            out.insert(r, s);
+        }
+    }
+    out
+}
+
 /// GET `url` and return (status, body).
 pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c
