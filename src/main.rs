@@ -82,16 +82,24 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         Ok(n) => tracing::debug!(nofile = n, "file descriptor limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
     }
-    let config = match &path {
-        Some(p) => config::load_file(p),
-        None => config::parse(config::DEFAULT_CONFIG, "<embedded default>"),
-    }
-    .map_err(|e: ConfigErrors| anyhow::anyhow!("invalid config:\n{e}"))?;
+    let (text, name) = match &path {
+        Some(p) => (
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            config::DEFAULT_CONFIG.to_owned(),
+            "<embedded default>".to_owned(),
+        ),
+    };
+    let config = config::parse(&text, &name)
+        .map_err(|e: ConfigErrors| anyhow::anyhow!("invalid config:\n{e}"))?;
+    let status = shardgate::reload::ReloadStatus::new(path.clone(), &text);
     tracing::info!(
         config = %path.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
         "starting"
     );
-    shardgate::server::run(config)
+    shardgate::server::run(config, status)
         .map_err(anyhow::Error::msg)
         .context("cannot start")
 }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub dns_lookups: IntCounterVec,
     /// Active health check rounds, by pool and result (`ok`, `fail`).
     pub health_checks: IntCounterVec,
+    /// Config reloads, by result (`ok`, `error`).
+    pub config_reloads: IntCounterVec,
     /// Stick-table entries, by pool (set at scrape).
     pub stick_entries: IntGaugeVec,
     /// 1 for the state each shard is in, by pool, shard and state (set at scrape).
@@ -69,6 +71,11 @@ impl Metrics {
             "shardgate_health_checks_total",
             "Active health check rounds by pool and result (ok, fail)",
             &["pool", "result"],
+        );
+        let config_reloads = counter(
+            "shardgate_config_reloads_total",
+            "Config reloads by result (ok, error)",
+            &["result"],
         );
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
@@ -117,6 +124,7 @@ impl Metrics {
             room_moves,
             dns_lookups,
             health_checks,
+            config_reloads,
             stick_entries,
             shard_state,
         }

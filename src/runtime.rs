@@ -14,10 +14,28 @@ pub struct Runtime {
 impl Runtime {
     /// Compiles a validated config.
     pub fn build(config: Config) -> Self {
+        Self::build_from(config, None)
+    }
+
+    /// Compiles a validated config for a reload of `previous`: a pool whose definition did not
+    /// change is carried over whole (members, health, stick table, open tunnels); a changed
+    /// pool starts from the old one's members whose names it still has, and keeps the stick
+    /// entries of those shards, so live rooms stay where they are.
+    pub fn build_from(config: Config, previous: Option<&Runtime>) -> Self {
         let pools: Vec<Arc<Pool>> = config
             .pool
             .iter()
-            .map(|p| Arc::new(Pool::from_config(p)))
+            .map(|p| {
+                let old = previous.and_then(|prev| {
+                    let i = prev.pools.iter().position(|o| *o.name == p.name)?;
+                    Some((&prev.config.pool[i], &prev.pools[i]))
+                });
+                match old {
+                    Some((old_config, old_pool)) if old_config == p => old_pool.clone(),
+                    Some((_, old_pool)) => Arc::new(Pool::from_config(p).carrying_over(old_pool)),
+                    None => Arc::new(Pool::from_config(p)),
+                }
+            })
             .collect();
         let index = |name: &str| {
             pools

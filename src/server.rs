@@ -7,6 +7,8 @@ use crate::config::Config;
 use crate::discovery::health;
 use crate::discovery::resolver::{self, Plan};
 use crate::proxy::Edge;
+use crate::reload::ReloadStatus;
+use crate::routing::Pool;
 use crate::runtime::Runtime;
 use crate::state::Shared;
 use async_trait::async_trait;
@@ -23,7 +25,7 @@ use std::time::Duration;
 use tracing::info;
 
 /// Builds and runs the server; returns when it shuts down.
-pub fn run(config: Config) -> Result<(), String> {
+pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
     let conf = ServerConf {
         threads: threads(),
         grace_period_seconds: Some(0),
@@ -40,7 +42,7 @@ pub fn run(config: Config) -> Result<(), String> {
     for addr in listeners.iter().map(|l| l.addr).chain(admin_addr) {
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
-    let shared = Shared::new(Runtime::build(config));
+    let shared = Shared::new(Runtime::build(config), status);
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -76,7 +78,13 @@ pub fn run(config: Config) -> Result<(), String> {
             shared: shared.clone(),
         },
     ));
-    server.add_service(background_service("discovery", Discovery { shared }));
+    server.add_service(background_service(
+        "discovery",
+        Discovery {
+            shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service("reloader", Reloader { shared }));
     server.run(pingora::server::RunArgs::default());
     Ok(())
 }
@@ -128,67 +136,125 @@ impl BackgroundService for Housekeeping {
     }
 }
 
-/// Runs, per pool, its DNS discovery loop, its health checks and its agent checks.
+/// Runs, per pool, its DNS discovery loop, its health checks and its agent checks; after a
+/// reload, starts them for new pools and stops those of pools that left (a pool carried over
+/// unchanged keeps its tasks).
 struct Discovery {
     shared: Arc<Shared>,
 }
 
 #[async_trait]
 impl BackgroundService for Discovery {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let runtime = self.shared.runtime.load_full();
-        let mut tasks = Vec::new();
-        for (c, pool) in runtime.config.pool.iter().zip(&runtime.pools) {
-            if let Some(h) = &c.health {
-                let task = health::run_health(
-                    self.shared.clone(),
-                    pool.clone(),
-                    h.clone(),
-                    shutdown.clone(),
-                );
-                tasks.push(tokio::spawn(task));
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut generation = self.shared.generation.subscribe();
+        let cfg = self.shared.runtime.load().config.resolver.clone();
+        let mut resolver = None;
+        // Pool (by address) -> its tasks.
+        let mut running: Vec<(Arc<Pool>, Vec<tokio::task::JoinHandle<()>>)> = Vec::new();
+        loop {
+            let runtime = self.shared.runtime.load_full();
+            running.retain(|(pool, tasks)| {
+                let keep = runtime.pools.iter().any(|p| Arc::ptr_eq(p, pool));
+                if !keep {
+                    tasks.iter().for_each(|t| t.abort());
+                }
+                keep
+            });
+            for (c, pool) in runtime.config.pool.iter().zip(&runtime.pools) {
+                if running.iter().any(|(p, _)| Arc::ptr_eq(p, pool)) {
+                    continue;
+                }
+                let mut tasks = Vec::new();
+                if let Some(h) = &c.health {
+                    let task = health::run_health(
+                        self.shared.clone(),
+                        pool.clone(),
+                        h.clone(),
+                        shutdown.clone(),
+                    );
+                    tasks.push(tokio::spawn(task));
+                }
+                if let Some(a) = &c.agent {
+                    tasks.push(tokio::spawn(health::run_agent(
+                        pool.clone(),
+                        a.clone(),
+                        shutdown.clone(),
+                    )));
+                }
+                if let Some(plan) = Plan::of(c) {
+                    if resolver.is_none() {
+                        match resolver::build(&cfg) {
+                            Ok(r) => resolver = Some(r),
+                            Err(e) => {
+                                tracing::error!(error = %e, "discovery disabled: pools that use DNS stay empty")
+                            }
+                        }
+                    }
+                    if let Some(r) = &resolver {
+                        info!(pool = %pool.name, ?plan, "discovering");
+                        tasks.push(tokio::spawn(resolver::run_pool(
+                            self.shared.clone(),
+                            pool.clone(),
+                            plan,
+                            r.clone(),
+                            cfg.clone(),
+                            shutdown.clone(),
+                        )));
+                    }
+                }
+                running.push((pool.clone(), tasks));
             }
-            if let Some(a) = &c.agent {
-                tasks.push(tokio::spawn(health::run_agent(
-                    pool.clone(),
-                    a.clone(),
-                    shutdown.clone(),
-                )));
+            drop(runtime);
+            tokio::select! {
+                changed = generation.changed() => if changed.is_err() { return },
+                _ = shutdown.changed() => return,
             }
         }
-        let plans: Vec<_> = runtime
-            .config
-            .pool
-            .iter()
-            .zip(&runtime.pools)
-            .filter_map(|(c, p)| Plan::of(c).map(|plan| (p.clone(), plan)))
-            .collect();
-        let cfg = runtime.config.resolver.clone();
-        let resolver = if plans.is_empty() {
-            None
-        } else {
-            match resolver::build(&cfg) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "discovery disabled: pools that use DNS stay empty");
-                    None
-                }
+    }
+}
+
+/// Reloads the config when its file changes (including a Kubernetes ConfigMap's `..data`
+/// symlink swap and editors that write a new file and rename it) and on SIGHUP.
+struct Reloader {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let path = self
+            .shared
+            .reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .path
+            .clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // Watch the directory: the file itself may be replaced rather than written.
+        let _watcher = path
+            .as_ref()
+            .and_then(|p| crate::reload::watch(p, tx.clone()));
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                None
             }
         };
-        for (pool, plan) in plans {
-            let Some(resolver) = &resolver else { break };
-            info!(pool = %pool.name, ?plan, "discovering");
-            tasks.push(tokio::spawn(resolver::run_pool(
-                self.shared.clone(),
-                pool,
-                plan,
-                resolver.clone(),
-                cfg.clone(),
-                shutdown.clone(),
-            )));
-        }
-        for t in tasks {
-            let _ = t.await;
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    // Debounce: editors and ConfigMap updates come as bursts of events.
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    info!("SIGHUP: reloading the config");
+                }
+                _ = shutdown.changed() => return,
+            }
+            let _ = crate::reload::reload(&self.shared);
         }
     }
 }

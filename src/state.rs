@@ -2,22 +2,29 @@
 //! snapshot, the metrics, and the process clock that shard state is measured on.
 
 use crate::metrics::Metrics;
+use crate::reload::ReloadStatus;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
+    /// Bumped at every swap of `runtime`, so background work can follow the pools.
+    pub generation: tokio::sync::watch::Sender<u64>,
+    /// Where the config comes from and how its last reload went (admin and reloads only).
+    pub reload: Mutex<ReloadStatus>,
     epoch: Instant,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime) -> Arc<Self> {
+    pub fn new(runtime: Runtime, status: ReloadStatus) -> Arc<Self> {
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Metrics::new(),
+            generation: tokio::sync::watch::Sender::new(0),
+            reload: Mutex::new(status),
             epoch: Instant::now(),
         })
     }

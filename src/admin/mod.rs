@@ -74,6 +74,17 @@ impl Admin {
         };
         match (method, segments.as_slice()) {
             (&Method::GET, ["shards"]) => json_reply(StatusCode::OK, self.shards_json()),
+            (&Method::GET, ["config"]) => json_reply(StatusCode::OK, self.config_json()),
+            (&Method::POST, ["reload"]) => match crate::reload::reload(&self.shared) {
+                Ok(outcome) => json_reply(
+                    StatusCode::OK,
+                    json!({ "result": format!("{outcome:?}"), "config": self.config_json() }),
+                ),
+                Err(why) => json_reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({ "result": "rejected", "error": why }),
+                ),
+            },
             (&Method::POST, ["shards", pool, shard, verb @ ("drain" | "undrain")]) => {
                 let Some(p) = runtime.pool(pool) else {
                     return text(StatusCode::NOT_FOUND, "no such pool\n");
@@ -172,6 +183,27 @@ impl Admin {
             })
             .collect();
         json!({ "pools": pools })
+    }
+
+    fn config_json(&self) -> Value {
+        let status = self
+            .shared
+            .reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let secs = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        };
+        json!({
+            "file": status.path.map(|p| p.display().to_string()),
+            "hash": status.active_hash,
+            "loaded_at_unix": secs(status.loaded_at),
+            "loaded_at_unix_ms": status.loaded_at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            "needs_restart": status.needs_restart,
+            "last_error": status.last_error.map(|(t, e)| json!({ "at_unix": secs(t), "error": e })),
+        })
     }
 
     fn refresh_gauges(&self) {

@@ -330,6 +330,42 @@ impl Pool {
         }
     }
 
+    /// This (new) pool, taking over from `old` after a config change: members found by
+    /// discovery are kept until discovery answers again (when both look members up), listed
+    /// members keep the state of the old member of the same name, and stick entries of shards
+    /// that still exist are copied.
+    pub fn carrying_over(self, old: &Pool) -> Self {
+        let old_members = old.members.load();
+        let new_members = self.members.load();
+        let shards: Vec<Arc<Shard>> = if new_members.shards.is_empty() {
+            old_members.shards.clone()
+        } else {
+            new_members
+                .shards
+                .iter()
+                .map(|s| match old_members.get(&s.name) {
+                    Some(o) if o.config_drain == s.config_drain => {
+                        o.set_weight(s.base_weight());
+                        if !s.addrs().is_empty() {
+                            o.set_addrs(s.addrs().to_vec());
+                        }
+                        o.clone()
+                    }
+                    _ => s.clone(),
+                })
+                .collect()
+        };
+        drop(new_members);
+        let members = Members::new(shards);
+        for (room, shard) in old.stick.entries() {
+            if members.get(&shard).is_some() {
+                self.stick.insert(&room, shard);
+            }
+        }
+        self.members.store(Arc::new(members));
+        self
+    }
+
     /// The shard for `room`: where it is stuck if that shard is up (draining or not), else the
     /// rendezvous choice among shards that are up, not draining and not in `exclude`, which is
     /// then remembered. `None` when no shard can take the room.

@@ -94,6 +94,14 @@ impl StickTable {
         self.len() == 0
     }
 
+    /// Every entry; walks the whole table (reloads and the admin API only).
+    pub fn entries(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        self.cache
+            .iter()
+            .map(|(room, shard)| ((*room).clone(), shard))
+            .collect()
+    }
+
     /// Rooms per shard name; walks the whole table, for the admin API only.
     pub fn rooms_per_shard(&self) -> HashMap<Arc<str>, u64> {
         let mut counts = HashMap::new();

@@ -1,0 +1,162 @@
+//! Reloading the config: parse -> validate -> build the new runtime from the old one (pools
+//! carry their state over) -> swap. A bad file changes nothing: the error is logged with its
+//! positions, counted, and shown on `/admin/config`. Settings that cannot change while running
+//! (listener and admin addresses, TLS files, the resolver) are reported as needing a restart;
+//! the rest of the change is applied. Triggers: the file watcher, SIGHUP, `POST /admin/reload`.
+
+use crate::config::{self, Config};
+use crate::runtime::Runtime;
+use crate::state::Shared;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tracing::{error, info, warn};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// What `/admin/config` shows.
+#[derive(Debug, Clone)]
+pub struct ReloadStatus {
+    /// The file the config comes from; `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    /// xxh3 of the active config's text, hex.
+    pub active_hash: String,
+    pub loaded_at: SystemTime,
+    /// The last failed reload: when, and why.
+    pub last_error: Option<(SystemTime, String)>,
+    /// Changes of the active file that wait for a restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl ReloadStatus {
+    pub fn new(path: Option<PathBuf>, text: &str) -> Self {
+        ReloadStatus {
+            path,
+            active_hash: hash(text),
+            loaded_at: SystemTime::now(),
+            last_error: None,
+            needs_restart: Vec::new(),
+        }
+    }
+}
+
+pub fn hash(text: &str) -> String {
+    format!("{:016x}", xxh3_64(text.as_bytes()))
+}
+
+/// How a reload went.
+#[derive(Debug)]
+pub enum Outcome {
+    Applied {
+        took: Duration,
+        needs_restart: Vec<String>,
+    },
+    Unchanged,
+}
+
+/// Reloads the config file now.
+pub fn reload(shared: &Shared) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let path = {
+        let status = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
+        status.path.clone()
+    };
+    let Some(path) = path else {
+        return Err("running on the embedded default config: there is no file to reload".into());
+    };
+    let result = load(&path);
+    let m = &shared.metrics;
+    let mut status = shared.reload.lock().unwrap_or_else(|e| e.into_inner());
+    match result {
+        Err(why) => {
+            m.config_reloads.with_label_values(&["error"]).inc();
+            error!(file = %path.display(), "config rejected, the running config stays:\n{why}");
+            status.last_error = Some((SystemTime::now(), why.clone()));
+            Err(why)
+        }
+        Ok((_, text_hash)) if text_hash == status.active_hash => Ok(Outcome::Unchanged),
+        Ok((config, text_hash)) => {
+            let old = shared.runtime.load_full();
+            let needs_restart = fixed_changes(&old.config, &config);
+            for what in &needs_restart {
+                warn!(change = %what, "this change needs a restart; the rest is applied");
+            }
+            let runtime = Runtime::build_from(config, Some(&old));
+            shared.runtime.store(Arc::new(runtime));
+            shared.generation.send_modify(|g| *g += 1);
+            let took = started.elapsed();
+            m.config_reloads.with_label_values(&["ok"]).inc();
+            info!(file = %path.display(), hash = %text_hash, ?took, "config reloaded");
+            status.active_hash = text_hash;
+            status.loaded_at = SystemTime::now();
+            status.needs_restart = needs_restart.clone();
+            Ok(Outcome::Applied {
+                took,
+                needs_restart,
+            })
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<(Config, String), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the file: {e}", path.display()))?;
+    let config = config::parse(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
+    Ok((config, hash(&text)))
+}
+
+/// Differences between two configs that only a restart applies.
+pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let addrs = |c: &Config| {
+        c.listener
+            .iter()
+            .map(|l| (l.addr, l.tls.clone()))
+            .collect::<Vec<_>>()
+    };
+    if addrs(old) != addrs(new) {
+        out.push("[[listener]] addresses or TLS files".to_owned());
+    }
+    if old.admin.as_ref().map(|a| a.addr) != new.admin.as_ref().map(|a| a.addr) {
+        out.push("admin.addr".to_owned());
+    }
+    if old.resolver != new.resolver {
+        out.push("[resolver]".to_owned());
+    }
+    if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
+        out.push("timeouts.shutdown_grace".to_owned());
+    }
+    out
+}
+
+/// Watches the directory of `path` and sends on `tx` when anything there may have changed the
+/// file: its own events, a rename onto it, or a ConfigMap's `..data` swap. `None` (logged) when
+/// the directory cannot be watched; SIGHUP and `POST /admin/reload` still work.
+pub fn watch(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name()?.to_owned();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let ours = event.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|f| f == name.as_os_str() || f == "..data")
+        });
+        if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP"))
+    .ok()?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|e| warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP"))
+        .ok()?;
+    info!(file = %path.display(), "watching the config file");
+    Some(watcher)
+}
