@@ -26,6 +26,8 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     /// Config reloads, by result (`ok`, `error`).
     pub config_reloads: IntCounterVec,
+    /// TLS certificate reloads, by result (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
     /// Stick-table entries, by pool (set at scrape).
     pub stick_entries: IntGaugeVec,
     /// 1 for the state each shard is in, by pool, shard and state (set at scrape).
@@ -77,6 +79,11 @@ impl Metrics {
             "Config reloads by result (ok, error)",
             &["result"],
         );
+        let tls_reloads = counter(
+            "shardgate_tls_reloads_total",
+            "TLS certificate reloads by result (ok, error)",
+            &["result"],
+        );
         let upstream_latency = HistogramVec::new(
             HistogramOpts::new(
                 "shardgate_upstream_latency_seconds",
@@ -125,6 +132,7 @@ impl Metrics {
             dns_lookups,
             health_checks,
             config_reloads,
+            tls_reloads,
             stick_entries,
             shard_state,
         }

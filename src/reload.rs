@@ -128,35 +128,83 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// Watches the directory of `path` and sends on `tx` when anything there may have changed the
-/// file: its own events, a rename onto it, or a ConfigMap's `..data` swap. `None` (logged) when
-/// the directory cannot be watched; SIGHUP and `POST /admin/reload` still work.
-pub fn watch(
-    path: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name()?.to_owned();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let ours = event.paths.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|f| f == name.as_os_str() || f == "..data")
-        });
-        if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
-            let _ = tx.send(());
+/// Reloads every TLS listener's certificate whose files changed; a broken one keeps the old.
+pub fn reload_certs(shared: &Shared) {
+    let stores = shared
+        .certs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for store in stores {
+        match store.reload() {
+            Ok(true) => {
+                shared.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                info!(cert = %store.cert.display(), "new TLS certificate: presented to new connections");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                shared
+                    .metrics
+                    .tls_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                error!(cert = %store.cert.display(), error = %e, "TLS certificate rejected, the old one stays");
+            }
         }
-    })
-    .map_err(|e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP"))
-    .ok()?;
-    watcher
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP"))
-        .ok()?;
-    info!(file = %path.display(), "watching the config file");
-    Some(watcher)
+    }
+}
+
+/// Watches the directories of `files` and sends on `tx` when anything there may have changed
+/// one of them: its own events, a rename onto it, or a ConfigMap/Secret `..data` swap. Returns
+/// the watchers (dropping them stops watching); a directory that cannot be watched is logged,
+/// and SIGHUP and `POST /admin/reload` still work.
+pub fn watch(
+    files: &[PathBuf],
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Vec<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut dirs: Vec<(PathBuf, Vec<std::ffi::OsString>)> = Vec::new();
+    for f in files {
+        let dir = f
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let Some(name) = f.file_name() else { continue };
+        match dirs.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, names)) => names.push(name.to_owned()),
+            None => dirs.push((dir, vec![name.to_owned()])),
+        }
+    }
+    let mut watchers = Vec::new();
+    for (dir, names) in dirs {
+        let tx = tx.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            let ours = event.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|f| f == "..data" || names.iter().any(|n| n == f))
+            });
+            if ours && !matches!(event.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch files; reload with SIGHUP");
+                continue;
+            }
+        };
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                info!(dir = %dir.display(), "watching for config and certificate changes");
+                watchers.push(watcher);
+            }
+            Err(e) => {
+                warn!(dir = %dir.display(), error = %e, "cannot watch this directory; reload with SIGHUP")
+            }
+        }
+    }
+    watchers
 }

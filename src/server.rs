@@ -11,6 +11,7 @@ use crate::reload::ReloadStatus;
 use crate::routing::Pool;
 use crate::runtime::Runtime;
 use crate::state::Shared;
+use crate::tls::CertStore;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
@@ -18,8 +19,6 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
@@ -54,10 +53,15 @@ pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
         match &l.tls {
             None => proxy.add_tcp(&addr),
             Some(tls) => {
-                let key = crate::tls::load_certified_key(&tls.cert, &tls.key)?;
+                let store = Arc::new(CertStore::load(&tls.cert, &tls.key)?);
+                shared
+                    .certs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(store.clone());
                 let mut settings = TlsSettings::intermediate("", "")
                     .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-                settings.set_cert_resolver(Arc::new(FixedCert(key)));
+                settings.set_cert_resolver(store);
                 settings.set_alpn(if tls.h2 { ALPN::H2H1 } else { ALPN::H1 });
                 proxy.add_tls_with_settings(&addr, None, settings);
             }
@@ -96,16 +100,6 @@ fn threads() -> usize {
         .and_then(|t| t.parse().ok())
         .filter(|&t| t > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// The certificate a TLS listener presents.
-#[derive(Debug)]
-struct FixedCert(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for FixedCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
 }
 
 /// Refreshes the stick entries of rooms with open tunnels, a few times per stick TTL.
@@ -230,10 +224,19 @@ impl BackgroundService for Reloader {
             .path
             .clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // Watch the directory: the file itself may be replaced rather than written.
-        let _watcher = path
-            .as_ref()
-            .and_then(|p| crate::reload::watch(p, tx.clone()));
+        // Watch the directories: files may be replaced rather than written.
+        let mut files: Vec<std::path::PathBuf> = path.into_iter().collect();
+        for store in self
+            .shared
+            .certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            files.push(store.cert.clone());
+            files.push(store.key.clone());
+        }
+        let _watchers = crate::reload::watch(&files, tx.clone());
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -255,6 +258,7 @@ impl BackgroundService for Reloader {
                 _ = shutdown.changed() => return,
             }
             let _ = crate::reload::reload(&self.shared);
+            crate::reload::reload_certs(&self.shared);
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct Shared {
     pub generation: tokio::sync::watch::Sender<u64>,
     /// Where the config comes from and how its last reload went (admin and reloads only).
     pub reload: Mutex<ReloadStatus>,
+    /// The TLS listeners' certificates, reloaded when their files change.
+    pub certs: Mutex<Vec<Arc<crate::tls::CertStore>>>,
     epoch: Instant,
 }
 
@@ -25,6 +27,7 @@ impl Shared {
             metrics: Metrics::new(),
             generation: tokio::sync::watch::Sender::new(0),
             reload: Mutex::new(status),
+            certs: Mutex::new(Vec::new()),
             epoch: Instant::now(),
         })
     }
