@@ -126,15 +126,7 @@ async fn fifty_reloads_under_load_lose_nothing() {
         let written_ms = unix_ms();
         replace(&path, text);
         serving.push(wait_for_pool(&c, &sg, pool).await);
-        let cfg: serde_json::Value = c
-            .get(sg.admin_url("/admin/config"))
-            .bearer_auth("t")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cfg = admin_json(&sg, "/admin/config", "t").await;
         latencies.push(Duration::from_millis(
             cfg["loaded_at_unix_ms"]
                 .as_u64()
@@ -238,15 +230,7 @@ async fn configmap_swap_sighup_and_a_broken_file() {
         served_by(&c, &sg, "b").await.starts_with("green"),
         "the old config serves on"
     );
-    let cfg: serde_json::Value = c
-        .get(sg.admin_url("/admin/config"))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cfg = admin_json(&sg, "/admin/config", "t").await;
     let err = cfg["last_error"]["error"].as_str().unwrap();
     assert!(
         err.contains("shardgate.toml:") && err.contains(':'),
@@ -267,15 +251,7 @@ async fn configmap_swap_sighup_and_a_broken_file() {
         .unwrap()
         .success());
     wait_for_pool(&c, &sg, "blue").await;
-    let cfg: serde_json::Value = c
-        .get(sg.admin_url("/admin/config"))
-        .bearer_auth("t")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cfg = admin_json(&sg, "/admin/config", "t").await;
     assert_eq!(cfg["hash"].as_str().unwrap().len(), 16, "{cfg}");
 }
 

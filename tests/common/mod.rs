@@ -382,8 +382,13 @@ pub fn client() -> reqwest::Client {
 
 /// `GET /admin/shards` with the bearer token, as JSON.
 pub async fn admin_shards(sg: &Shardgate, token: &str) -> serde_json::Value {
+    admin_json(sg, "/admin/shards", token).await
+}
+
+/// `GET <path>` on the admin listener with the bearer token, as JSON.
+pub async fn admin_json(sg: &Shardgate, path: &str, token: &str) -> serde_json::Value {
     client()
-        .get(sg.admin_url("/admin/shards"))
+        .get(sg.admin_url(path))
         .bearer_auth(token)
         .send()
         .await
