@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use std::sync::Arc;
@@ -27,8 +27,10 @@ use tracing::info;
 pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
     let conf = ServerConf {
         threads: threads(),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.timeouts.shutdown_grace.as_secs()),
+        // After SIGTERM and the listeners closing, open tunnels are kept this long (the process
+        // exits sooner when nothing is left in flight: see Signals).
+        grace_period_seconds: Some(config.timeouts.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -41,7 +43,9 @@ pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
     for addr in listeners.iter().map(|l| l.addr).chain(admin_addr) {
         std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     }
+    let shutdown_delay = config.timeouts.shutdown_delay;
     let shared = Shared::new(Runtime::build(config), status);
+    let signal_shared = shared.clone();
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -89,7 +93,12 @@ pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
         },
     ));
     server.add_service(background_service("reloader", Reloader { shared }));
-    server.run(pingora::server::RunArgs::default());
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals {
+            shared: signal_shared,
+            delay: shutdown_delay,
+        }),
+    });
     Ok(())
 }
 
@@ -261,4 +270,58 @@ impl BackgroundService for Reloader {
             crate::reload::reload_certs(&self.shared);
         }
     }
+}
+
+/// How the process ends. SIGTERM: `/readyz` turns 503 at once, the listeners keep accepting for
+/// `shutdown_delay` (load balancers notice), then pingora stops accepting, lets requests finish
+/// and keeps open tunnels up to `shutdown_grace`. SIGINT: exit at once. SIGQUIT: hand the
+/// listeners to a new process started with `--upgrade` (pingora's graceful upgrade).
+struct Signals {
+    shared: Arc<Shared>,
+    delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
+        ) else {
+            tracing::error!("cannot listen for signals; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.shared.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+                info!(delay = ?self.delay, "SIGTERM: /readyz answers 503; listeners close after the delay");
+                tokio::select! {
+                    _ = tokio::time::sleep(self.delay) => {
+                        exit_when_idle(self.shared.clone());
+                        ShutdownSignal::GracefulTerminate
+                    }
+                    _ = int.recv() => ShutdownSignal::FastShutdown,
+                }
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+        }
+    }
+}
+
+/// Once the listeners have closed, exits as soon as no request or tunnel is in flight, rather
+/// than sitting out the whole `shutdown_grace` (pingora's grace period is a fixed wait).
+fn exit_when_idle(shared: Arc<Shared>) {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        loop {
+            if shared.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 0 {
+                info!("nothing in flight: exiting");
+                std::process::exit(0);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 }

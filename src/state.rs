@@ -15,6 +15,10 @@ pub struct Shared {
     pub generation: tokio::sync::watch::Sender<u64>,
     /// Where the config comes from and how its last reload went (admin and reloads only).
     pub reload: Mutex<ReloadStatus>,
+    /// Requests being served now, open tunnels included (see [`InFlight`]).
+    pub in_flight: std::sync::atomic::AtomicI64,
+    /// Set at SIGTERM: `/readyz` answers 503 from then on.
+    pub shutting_down: std::sync::atomic::AtomicBool,
     /// The TLS listeners' certificates, reloaded when their files change.
     pub certs: Mutex<Vec<Arc<crate::tls::CertStore>>>,
     epoch: Instant,
@@ -28,6 +32,8 @@ impl Shared {
             generation: tokio::sync::watch::Sender::new(0),
             reload: Mutex::new(status),
             certs: Mutex::new(Vec::new()),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicI64::new(0),
             epoch: Instant::now(),
         })
     }
@@ -35,5 +41,26 @@ impl Shared {
     /// Milliseconds since the process started: the clock of passive health.
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// Counts one request in [`Shared::in_flight`] from its start until it is dropped, whatever way
+/// it ends (a tunnel counts until it closes).
+pub struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        shared
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -132,6 +132,17 @@ impl Admin {
     }
 
     fn ready(&self) -> (StatusCode, &'static str, Vec<u8>) {
+        if self
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                b"shutting down\n".to_vec(),
+            );
+        }
         let runtime = self.shared.runtime.load();
         let now = self.shared.now_ms();
         let mut body = String::from("ready\n");

@@ -75,6 +75,10 @@ pub struct Timeouts {
     /// After SIGTERM, open tunnels are kept this long.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, `/readyz` answers 503 at once and the listeners keep accepting this long,
+    /// so load balancers notice before connections are refused.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -85,6 +89,7 @@ impl Default for Timeouts {
             tunnel: Duration::from_secs(3600),
             keepalive: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(7200),
+            shutdown_delay: Duration::from_secs(5),
         }
     }
 }

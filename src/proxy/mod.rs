@@ -12,7 +12,7 @@ pub mod headers;
 use crate::metrics::status_class;
 use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
 use crate::runtime::Runtime;
-use crate::state::Shared;
+use crate::state::{InFlight, Shared};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -76,8 +76,9 @@ impl Edge {
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
+    /// Counts this request as in flight until the context is dropped.
+    _in_flight: InFlight,
     runtime: Option<Arc<Runtime>>,
     route: Option<usize>,
     pool: Option<usize>,
@@ -117,7 +118,22 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            _in_flight: InFlight::new(self.shared.clone()),
+            runtime: None,
+            route: None,
+            pool: None,
+            room: None,
+            shard: None,
+            failed: None,
+            connect_failures: 0,
+            upgrade: false,
+            tunnel_open: false,
+            upstream_start: None,
+            refusal: None,
+            instance: None,
+            cors_origin: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
