@@ -56,12 +56,7 @@ async fn sigterm_drains_then_keeps_tunnels_for_the_grace_period() {
 
     // Closed after delay + grace, and the process is gone.
     let end = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(_))) => continue,
-                _ => break,
-            }
-        }
+        while let Some(Ok(Message::Text(_))) = ws.next().await {}
     })
     .await;
     assert!(end.is_ok(), "the tunnel outlived the grace period");
