@@ -125,6 +125,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.timeouts.shutdown_grace != new.timeouts.shutdown_grace {
         out.push("timeouts.shutdown_grace".to_owned());
     }
+    if old.timeouts.shutdown_delay != new.timeouts.shutdown_delay {
+        out.push("timeouts.shutdown_delay".to_owned());
+    }
     out
 }
 
@@ -207,4 +210,20 @@ pub fn watch(
         }
     }
     watchers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_only_settings_are_reported() {
+        let text = "[[listener]]\naddr = \"127.0.0.1:8080\"\n";
+        let old = config::parse(text, "a").unwrap();
+        let mut new = old.clone();
+        assert!(fixed_changes(&old, &new).is_empty());
+        new.timeouts.shutdown_delay = Duration::from_secs(1);
+        new.timeouts.idle = Duration::from_secs(1);
+        assert_eq!(fixed_changes(&old, &new), ["timeouts.shutdown_delay"]);
+    }
 }
