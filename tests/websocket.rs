@@ -26,9 +26,18 @@ fn client_frame(text: &str) -> Vec<u8> {
 /// Opens a tunnel by hand. With `early`, the first frame is written in the same packet as the
 /// upgrade request, before the 101 can arrive.
 async fn open(sg: &Shardgate, room: &str, early: Option<&str>) -> WebSocketStream<TcpStream> {
+    open_at(sg, "/xmpp-websocket", room, early).await
+}
+
+async fn open_at(
+    sg: &Shardgate,
+    path: &str,
+    room: &str,
+    early: Option<&str>,
+) -> WebSocketStream<TcpStream> {
     let mut tcp = TcpStream::connect(sg.http).await.unwrap();
     let mut out = format!(
-        "GET /xmpp-websocket?room={room} HTTP/1.1\r\nHost: meet.example.com\r\nUpgrade: websocket\r\n\
+        "GET {path}?room={room} HTTP/1.1\r\nHost: meet.example.com\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes();
@@ -61,13 +70,6 @@ async fn try_next_text(ws: &mut WebSocketStream<TcpStream>) -> Result<String, St
         other => Err(format!("expected a text message, got {other:?}")),
     }
 }
-
-/// Premature closes tolerated out of 500 tunnels (the rate below makes more than 3 rare). pingora 0.9.1's HTTP/1 upgrade path has a race
-/// (the pingora issue 946 family): its upstream half `select!`s between the 101 and the
-/// client's end-of-request marker queued before the upgrade; when the 101 wins, the stale marker
-/// is taken as the end of the upgraded stream and the tunnel is closed. Measured here: about 1
-/// tunnel in 1,500 to 2,000. It is counted and printed; more than this fails the test.
-const KNOWN_RACE_ALLOWANCE: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_concurrent_tunnels_stay_open_on_their_rooms_shard() {
@@ -144,8 +146,10 @@ async fn five_hundred_concurrent_tunnels_stay_open_on_their_rooms_shard() {
         "premature closes: {} of {TUNNELS} tunnels {premature:?}",
         premature.len()
     );
+    // pingora 0.9.1's own upgrade path closed about one tunnel in 2,000 here (issue 946);
+    // shardgate drives tunnels itself (src/proxy/tunnel.rs), so none may close early.
     assert!(
-        premature.len() <= KNOWN_RACE_ALLOWANCE,
+        premature.is_empty(),
         "{} of {TUNNELS} tunnels closed early: {premature:#?}",
         premature.len()
     );
@@ -206,5 +210,94 @@ async fn tunnel_timeout_follows_config_not_pingoras_default() {
     assert!(
         took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
         "closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_the_shard_keeps_talking_on_is_not_idle() {
+    let backend = Backend::start("shard-0").await;
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}[timeouts]\ntunnel = \"2s\"\n\n{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", &[&backend])
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    // The client never writes; the shard's messages alone keep the tunnel open past 2 s.
+    let mut ws = open_at(&sg, "/push", "a", None).await;
+    let started = std::time::Instant::now();
+    let mut ticks = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!(next_text(&mut ws).await, format!("shard-0:tick-{ticks}"));
+        ticks += 1;
+    }
+    assert!(ticks >= 6, "{ticks} ticks in 4 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_reaches_the_client_as_the_shards_answer() {
+    let backend = Backend::start("shard-0").await;
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", &[&backend])
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    let mut tcp = TcpStream::connect(sg.http).await.unwrap();
+    let handshake = "GET /refuse?room=r HTTP/1.1\r\nHost: meet.example.com\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    // Then an ordinary request on the same connection: a refused upgrade leaves it usable.
+    let mut answer = Vec::new();
+    let expected = "shard-0 refused the upgrade\n";
+    while !String::from_utf8_lossy(&answer).ends_with(expected) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    tcp.write_all(b"GET /plain?room=r HTTP/1.1\r\nHost: meet.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut next = Vec::new();
+    while !String::from_utf8_lossy(&next).ends_with("shard-0\n") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&next));
+        next.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&next).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_dead_shard_is_retried_on_the_next_choice() {
+    let live = Backend::start("shard-0").await;
+    let dead = Backend::start("shard-1").await;
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", &[&live, &dead])
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    dead.kill();
+    // With two equal shards, some of 20 rooms hash to the dead one; every tunnel still opens.
+    for i in 0..20 {
+        let mut ws = open(&sg, &format!("room-{i}"), None).await;
+        ws.send(Message::text("hi")).await.unwrap();
+        assert_eq!(next_text(&mut ws).await, "shard-0:hi");
+    }
+    let metrics = get(&client(), &sg.admin_url("/metrics")).await.1;
+    assert!(
+        metrics.contains(
+            "shardgate_upstream_connect_failures_total{pool=\"shards\",shard=\"shard-1\"}"
+        ),
+        "{metrics}"
     );
 }

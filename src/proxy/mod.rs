@@ -8,6 +8,7 @@
 
 pub mod cors;
 pub mod headers;
+mod tunnel;
 
 use crate::metrics::status_class;
 use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
@@ -25,11 +26,16 @@ use tracing::{debug, warn};
 
 pub struct Edge {
     shared: Arc<Shared>,
+    /// Connects WebSocket tunnels, which are driven outside pingora's proxy loop.
+    tunnels: pingora::connectors::http::v1::Connector,
 }
 
 impl Edge {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Edge { shared }
+        Edge {
+            shared,
+            tunnels: tunnel::connector(),
+        }
     }
 
     /// The shard for this request: the instance its URL named, its room's shard, or any shard;
@@ -73,6 +79,89 @@ impl Edge {
             None => Err(format!("no shard of pool {} is up", pool.name)),
         }
     }
+
+    /// Chooses the shard for this request and says how to reach it.
+    fn peer_for(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let runtime = ctx.runtime.clone().expect("set by request_filter");
+        let pool = &runtime.pools[ctx.pool.expect("only pool routes reach upstream_peer")];
+        let shard = match self.choose(pool, ctx) {
+            Ok(shard) => shard,
+            Err(why) => {
+                ctx.refusal = Some(why.clone());
+                return Error::e_explain(HTTPStatus(503), why);
+            }
+        };
+        debug!(pool = %pool.name, shard = %shard.name, room = ctx.room.as_deref().unwrap_or("-"), "chosen");
+        let timeouts = &runtime.config.timeouts;
+        let Some(addr) = shard.next_addr() else {
+            let why = format!(
+                "shard {} of pool {} has no address right now",
+                shard.name, pool.name
+            );
+            ctx.refusal = Some(why.clone());
+            return Error::e_explain(HTTPStatus(503), why);
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let inactivity = if ctx.upgrade {
+            timeouts.tunnel
+        } else {
+            timeouts.idle
+        };
+        peer.options.connection_timeout = Some(timeouts.connect);
+        peer.options.read_timeout = Some(inactivity);
+        peer.options.write_timeout = Some(inactivity);
+        peer.options.idle_timeout = Some(timeouts.keepalive);
+        peer.options.alpn = ALPN::H1;
+        ctx.shard = Some(shard);
+        ctx.upstream_start = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    /// Marks the shard that refused this request's connection down (passive health) and says
+    /// whether to retry once on the next choice.
+    fn connect_failed(&self, ctx: &mut Ctx, e: &Error) -> bool {
+        let (Some(runtime), Some(pool), Some(shard)) = (&ctx.runtime, ctx.pool, &ctx.shard) else {
+            return false;
+        };
+        let pool = &runtime.pools[pool];
+        let now = self.shared.now_ms();
+        shard.mark_down(now + pool.passive_down.as_millis() as u64);
+        if let Some(h) = &pool.health {
+            crate::discovery::health::report(
+                pool,
+                shard,
+                shard.record_health(false, h.rise, h.fall),
+            );
+        }
+        self.shared
+            .metrics
+            .connect_failures
+            .with_label_values(&[&pool.name, &shard.name])
+            .inc();
+        warn!(pool = %pool.name, shard = %shard.name, error = %e, "shard refused the connection; marked down");
+        ctx.failed = pool.members.load().index_of(&shard.name);
+        ctx.connect_failures += 1;
+        if ctx.connect_failures < 2 {
+            return true;
+        }
+        ctx.refusal = Some(format!(
+            "shard {} of pool {} is unreachable",
+            shard.name, pool.name
+        ));
+        false
+    }
+
+    /// Counts a tunnel as open and keeps its room's stick entry fresh while it is.
+    fn tunnel_opened(&self, ctx: &mut Ctx) {
+        if ctx.tunnel_open {
+            return;
+        }
+        ctx.tunnel_open = true;
+        self.shared.metrics.tunnels_open.inc();
+        if let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) {
+            runtime.pools[pool].tunnel_opened(room);
+        }
+    }
 }
 
 /// Per-request state.
@@ -96,6 +185,28 @@ pub struct Ctx {
     instance: Option<Arc<Shard>>,
     /// An allowed cross-origin request's Origin, echoed on the response.
     cors_origin: Option<String>,
+}
+
+/// The forwarding headers and the route's prefix strip, on the request as sent to the shard.
+fn prepare_upstream_request(session: &Session, upstream: &mut RequestHeader, ctx: &Ctx) {
+    let client = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    headers::add_forwarding(upstream, client, tls);
+    if let (Some(runtime), Some(r)) = (&ctx.runtime, ctx.route) {
+        let path = upstream.uri.path();
+        if let Some(stripped) = runtime.routes.routes[r].upstream_path(path) {
+            let new = match upstream.uri.query() {
+                Some(q) => format!("{stripped}?{q}"),
+                None => stripped.to_owned(),
+            };
+            if let Ok(uri) = new.parse::<http::Uri>() {
+                upstream.set_uri(uri);
+            }
+        }
+    }
 }
 
 async fn respond_text(
@@ -267,43 +378,15 @@ impl ProxyHttp for Edge {
             }
         }
         ctx.runtime = Some(runtime);
+        if ctx.upgrade && tunnel::can_tunnel(session.req_header()) {
+            self.tunnel(session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let runtime = ctx.runtime.clone().expect("set by request_filter");
-        let pool = &runtime.pools[ctx.pool.expect("only pool routes reach upstream_peer")];
-        let shard = match self.choose(pool, ctx) {
-            Ok(shard) => shard,
-            Err(why) => {
-                ctx.refusal = Some(why.clone());
-                return Error::e_explain(HTTPStatus(503), why);
-            }
-        };
-        debug!(pool = %pool.name, shard = %shard.name, room = ctx.room.as_deref().unwrap_or("-"), "chosen");
-        let timeouts = &runtime.config.timeouts;
-        let Some(addr) = shard.next_addr() else {
-            let why = format!(
-                "shard {} of pool {} has no address right now",
-                shard.name, pool.name
-            );
-            ctx.refusal = Some(why.clone());
-            return Error::e_explain(HTTPStatus(503), why);
-        };
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let inactivity = if ctx.upgrade {
-            timeouts.tunnel
-        } else {
-            timeouts.idle
-        };
-        peer.options.connection_timeout = Some(timeouts.connect);
-        peer.options.read_timeout = Some(inactivity);
-        peer.options.write_timeout = Some(inactivity);
-        peer.options.idle_timeout = Some(timeouts.keepalive);
-        peer.options.alpn = ALPN::H1;
-        ctx.shard = Some(shard);
-        ctx.upstream_start = Some(Instant::now());
-        Ok(Box::new(peer))
+        self.peer_for(ctx)
     }
 
     fn fail_to_connect(
@@ -313,34 +396,8 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let (Some(runtime), Some(pool), Some(shard)) = (&ctx.runtime, ctx.pool, &ctx.shard) else {
-            return e;
-        };
-        let pool = &runtime.pools[pool];
-        let now = self.shared.now_ms();
-        shard.mark_down(now + pool.passive_down.as_millis() as u64);
-        if let Some(h) = &pool.health {
-            crate::discovery::health::report(
-                pool,
-                shard,
-                shard.record_health(false, h.rise, h.fall),
-            );
-        }
-        self.shared
-            .metrics
-            .connect_failures
-            .with_label_values(&[&pool.name, &shard.name])
-            .inc();
-        warn!(pool = %pool.name, shard = %shard.name, error = %e, "shard refused the connection; marked down");
-        ctx.failed = pool.members.load().index_of(&shard.name);
-        ctx.connect_failures += 1;
-        if ctx.connect_failures < 2 {
+        if self.connect_failed(ctx, &e) {
             e.set_retry(true);
-        } else {
-            ctx.refusal = Some(format!(
-                "shard {} of pool {} is unreachable",
-                shard.name, pool.name
-            ));
         }
         e
     }
@@ -351,24 +408,7 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        headers::add_forwarding(upstream, client, tls);
-        if let (Some(runtime), Some(r)) = (&ctx.runtime, ctx.route) {
-            let path = upstream.uri.path();
-            if let Some(stripped) = runtime.routes.routes[r].upstream_path(path) {
-                let new = match upstream.uri.query() {
-                    Some(q) => format!("{stripped}?{q}"),
-                    None => stripped.to_owned(),
-                };
-                if let Ok(uri) = new.parse::<http::Uri>() {
-                    upstream.set_uri(uri);
-                }
-            }
-        }
+        prepare_upstream_request(session, upstream, ctx);
         Ok(())
     }
 
@@ -381,12 +421,8 @@ impl ProxyHttp for Edge {
         if let Some(origin) = &ctx.cors_origin {
             cors::add_allow(resp, origin);
         }
-        if ctx.upgrade && resp.status == 101 && !ctx.tunnel_open {
-            ctx.tunnel_open = true;
-            self.shared.metrics.tunnels_open.inc();
-            if let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) {
-                runtime.pools[pool].tunnel_opened(room);
-            }
+        if ctx.upgrade && resp.status == 101 {
+            self.tunnel_opened(ctx);
         }
         Ok(())
     }

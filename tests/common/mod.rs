@@ -77,7 +77,8 @@ impl Seen {
 }
 
 /// A fake Jitsi shard: answers `<name>\n` with header `x-shard: <name>`; `/hold?ms=N` answers
-/// after N ms (BOSH-like); WebSocket upgrades echo every message prefixed with `<name>:`.
+/// after N ms (BOSH-like); WebSocket upgrades echo every message prefixed with `<name>:`,
+/// except on `/push` (a message every 500 ms, never reads) and `/refuse` (a 403 instead).
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -186,6 +187,15 @@ async fn handle(
         .get("upgrade")
         .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"))
     {
+        if req.uri().path() == "/refuse" {
+            return Ok(Response::builder()
+                .status(403)
+                .body(Full::new(Bytes::from(format!(
+                    "{name} refused the upgrade\n"
+                ))))
+                .unwrap());
+        }
+        let push = req.uri().path() == "/push";
         let key = req.headers().get("sec-websocket-key").cloned();
         let upgrade = hyper::upgrade::on(&mut req);
         let ws_name = name.clone();
@@ -193,6 +203,15 @@ async fn handle(
             let Ok(upgraded) = upgrade.await else { return };
             let mut ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            if push {
+                // Speaks every 500 ms and never listens.
+                for k in 0.. {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if ws.send(format!("{ws_name}:tick-{k}").into()).await.is_err() {
+                        return;
+                    }
+                }
+            }
             while let Some(Ok(msg)) = ws.next().await {
                 if msg.is_text() {
                     let reply = format!("{ws_name}:{}", msg.into_text().unwrap());
