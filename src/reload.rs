@@ -142,7 +142,7 @@ pub fn reload_certs(shared: &Shared) {
         match store.reload() {
             Ok(true) => {
                 shared.metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                info!(cert = %store.cert.display(), "new TLS certificate: presented to new connections");
+                info!(cert = %store.files[0].cert.display(), "new TLS certificates: presented to new connections");
             }
             Ok(false) => {}
             Err(e) => {
@@ -151,7 +151,7 @@ pub fn reload_certs(shared: &Shared) {
                     .tls_reloads
                     .with_label_values(&["error"])
                     .inc();
-                error!(cert = %store.cert.display(), error = %e, "TLS certificate rejected, the old one stays");
+                error!(cert = %store.files[0].cert.display(), error = %e, "TLS certificates rejected, the old ones stay");
             }
         }
     }

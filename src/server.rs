@@ -11,7 +11,7 @@ use crate::reload::ReloadStatus;
 use crate::routing::Pool;
 use crate::runtime::Runtime;
 use crate::state::Shared;
-use crate::tls::CertStore;
+use crate::tls::{CertFiles, CertStore};
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
@@ -57,7 +57,12 @@ pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
         match &l.tls {
             None => proxy.add_tcp(&addr),
             Some(tls) => {
-                let store = Arc::new(CertStore::load(&tls.cert, &tls.key)?);
+                let files = |cert: &std::path::Path, key: &std::path::Path| CertFiles {
+                    cert: cert.to_owned(),
+                    key: key.to_owned(),
+                };
+                let sni: Vec<CertFiles> = tls.sni.iter().map(|p| files(&p.cert, &p.key)).collect();
+                let store = Arc::new(CertStore::load(files(&tls.cert, &tls.key), &sni)?);
                 shared
                     .certs
                     .lock()
@@ -242,8 +247,10 @@ impl BackgroundService for Reloader {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            files.push(store.cert.clone());
-            files.push(store.key.clone());
+            for f in &store.files {
+                files.push(f.cert.clone());
+                files.push(f.key.clone());
+            }
         }
         let _watchers = crate::reload::watch(&files, tx.clone());
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

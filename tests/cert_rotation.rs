@@ -1,6 +1,7 @@
 //! Certificate rotation while serving: after the files are replaced (as cert-manager does), new
 //! TLS handshakes get the new certificate while a connection opened before keeps working; a
-//! broken rotation keeps the certificate in use.
+//! broken rotation keeps the certificate in use. Several certificates on one listener, chosen by
+//! the name the client asks for (SNI), rotate the same way.
 
 mod common;
 
@@ -56,6 +57,11 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// A TLS connection; returns it with the DER of the certificate the server presented.
 fn connect(addr: SocketAddr) -> (Tls, Vec<u8>) {
+    connect_as(addr, "localhost")
+}
+
+/// As [`connect`], asking for `server_name` (SNI).
+fn connect_as(addr: SocketAddr, server_name: &str) -> (Tls, Vec<u8>) {
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
@@ -63,8 +69,8 @@ fn connect(addr: SocketAddr) -> (Tls, Vec<u8>) {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCert))
             .with_no_client_auth();
-    let conn = ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-        .unwrap();
+    let name = ServerName::try_from(server_name.to_owned()).unwrap();
+    let conn = ClientConnection::new(Arc::new(config), name).unwrap();
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut tls = StreamOwned::new(conn, tcp);
@@ -90,7 +96,12 @@ fn request(tls: &mut Tls) -> String {
 }
 
 fn new_cert() -> (String, String, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    cert_for(&["localhost"])
+}
+
+fn cert_for(names: &[&str]) -> (String, String, Vec<u8>) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
     (
         ck.cert.pem(),
         ck.signing_key.serialize_pem(),
@@ -175,4 +186,70 @@ async fn a_rotated_certificate_reaches_new_handshakes_and_old_connections_stay()
         metrics.contains("shardgate_tls_reloads_total{result=\"ok\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_certificate_is_chosen_by_sni_and_each_rotates_on_its_own() {
+    let backend = Backend::start("shard-0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, (cert, key, der): (String, String, Vec<u8>)| {
+        let (c, k) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k, der)
+    };
+    let (dc, dk, default) = write("default", cert_for(&["localhost"]));
+    let (mc, mk, meet) = write("meet", cert_for(&["meet.example.com"]));
+    let (wc, wk, wild) = write("wild", cert_for(&["*.example.org", "example.org"]));
+    let (head, http, admin) = config_head("t");
+    let head = head.replacen(
+        &format!("addr = \"{http}\"\n"),
+        &format!(
+            "addr = \"{http}\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nsni = [\n  \
+             {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\" }},\n]\n",
+            dc.display(),
+            dk.display(),
+            mc.display(),
+            mk.display(),
+            wc.display(),
+            wk.display()
+        ),
+        1,
+    );
+    let sg = Shardgate::start(
+        &format!(
+            "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"p\" }}\n",
+            shard_pool("p", &[&backend])
+        ),
+        http,
+        admin,
+    );
+    assert_eq!(connect_as(http, "meet.example.com").1, meet);
+    assert_eq!(connect_as(http, "MEET.example.com").1, meet);
+    assert_eq!(connect_as(http, "a.example.org").1, wild);
+    assert_eq!(connect_as(http, "example.org").1, wild);
+    assert_eq!(connect_as(http, "a.b.example.org").1, default);
+    assert_eq!(connect_as(http, "localhost").1, default);
+    assert_eq!(connect_as(http, "other.test").1, default);
+    let (mut tls, _) = connect_as(http, "meet.example.com");
+    assert!(request(&mut tls).starts_with("HTTP/1.1 200"));
+
+    // Rotating one certificate changes only the names it covers.
+    let (cert, key, meet2) = cert_for(&["meet.example.com"]);
+    replace(&mk, &key);
+    replace(&mc, &cert);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect_as(http, "meet.example.com").1 != meet2 {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never presented"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(connect_as(http, "a.example.org").1, wild);
+    assert_eq!(connect_as(http, "localhost").1, default);
+    drop(sg);
 }

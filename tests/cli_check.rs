@@ -277,3 +277,28 @@ fn unset_variable_is_named_and_set_variable_is_ok() {
     let out = check(&[&file], &[], &["SHARDGATE_CLI_CHECK_TOKEN"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+#[test]
+fn tls_files_are_checked_including_each_sni_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/testdata");
+    let (crt, key) = (testdata.join("tls.crt"), testdata.join("tls.key"));
+    let text = format!(
+        "[[listener]]\naddr = \"127.0.0.1:18443\"\n[listener.tls]\ncert = \"{crt}\"\nkey = \"{key}\"\n\
+         sni = [\n  {{ cert = \"{crt}\", key = \"{key}\" }},\n  {{ cert = \"{missing}\", key = \"{key}\" }},\n]\n",
+        crt = crt.display(),
+        key = key.display(),
+        missing = dir.path().join("missing.crt").display(),
+    );
+    let file = write(dir.path(), "sni.toml", &text);
+    let out = check(&[&file], &[], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let errors = errors_in(&out.stderr, &file);
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("listener[0].tls.sni[1]: cannot read certificate")
+            && errors[0].contains("missing.crt"),
+        "{}",
+        out.stderr
+    );
+}

@@ -97,6 +97,19 @@ pub fn parse_with_env(
             if let Err(message) = crate::tls::load_certified_key(&tls.cert, &tls.key) {
                 errors.push(spans.error(&locate, &format!("listener[{i}].tls"), message));
             }
+            for (j, pair) in tls.sni.iter().enumerate() {
+                let names = crate::tls::load_certified_key(&pair.cert, &pair.key)
+                    .and_then(|ck| crate::tls::names_of(&ck.cert[0]));
+                let message = match names {
+                    Ok(names) if names.is_empty() => format!(
+                        "{} names no DNS host, so no client could select it by SNI",
+                        pair.cert.display()
+                    ),
+                    Ok(_) => continue,
+                    Err(message) => message,
+                };
+                errors.push(spans.error(&locate, &format!("listener[{i}].tls.sni[{j}]"), message));
+            }
         }
     }
     if errors.is_empty() {

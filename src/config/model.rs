@@ -44,6 +44,18 @@ pub struct Tls {
     /// Offer HTTP/2 by ALPN (HTTP/1.1 is always offered).
     #[serde(default = "yes")]
     pub h2: bool,
+    /// More certificates, each presented to clients that ask (SNI) for one of the DNS names
+    /// it carries; `cert`/`key` above is the default for every other name.
+    #[serde(default)]
+    pub sni: Vec<CertPair>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, and `/admin/*` behind the token.
