@@ -38,6 +38,7 @@ fn main() {
         linger: Duration::from_secs(600),
         health: None,
         agent: None,
+        tls: None,
     });
     let members = pool.members.load();
     let rooms: Vec<String> = (0..ROOMS).map(|i| format!("tenant/room-{i}")).collect();

@@ -23,3 +23,5 @@ pub mod reload;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod state;
+#[cfg(feature = "server")]
+pub mod upgrade;

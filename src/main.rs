@@ -29,6 +29,13 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Take the listening sockets over from a running shardgate (send it SIGQUIT within
+        /// 5 s) instead of binding them: a zero-downtime binary upgrade.
+        #[arg(long)]
+        upgrade: bool,
+        /// The socket the listeners are handed over on; the old and new process must agree.
+        #[arg(long, default_value = shardgate::upgrade::DEFAULT_SOCKET)]
+        upgrade_socket: PathBuf,
     },
     /// Check config files: exit 0 when all are valid, else print every error and exit 1.
     Check {
@@ -41,7 +48,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
-        Command::Run { config } => match run(config) {
+        Command::Run {
+            config,
+            upgrade,
+            upgrade_socket,
+        } => match run(
+            config,
+            shardgate::server::Start {
+                upgrade,
+                upgrade_socket,
+            },
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("shardgate: {e:#}");
@@ -69,7 +86,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn run(path: Option<PathBuf>, start: shardgate::server::Start) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -99,7 +116,7 @@ fn run(path: Option<PathBuf>) -> anyhow::Result<()> {
         config = %path.as_ref().map_or("<embedded default>".into(), |p| p.display().to_string()),
         "starting"
     );
-    shardgate::server::run(config, status)
+    shardgate::server::run(config, status, start)
         .map_err(anyhow::Error::msg)
         .context("cannot start")
 }

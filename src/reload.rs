@@ -80,7 +80,20 @@ pub fn reload(shared: &Shared) -> Result<Outcome, String> {
             for what in &needs_restart {
                 warn!(change = %what, "this change needs a restart; the rest is applied");
             }
+            let identities = match crate::proxy::upstream_tls::build(
+                &config,
+                &shared.upstream_tls.load(),
+            ) {
+                Ok(identities) => identities,
+                Err(why) => {
+                    m.config_reloads.with_label_values(&["error"]).inc();
+                    error!(file = %path.display(), "config rejected, the running config stays: {why}");
+                    status.last_error = Some((SystemTime::now(), why.clone()));
+                    return Err(why);
+                }
+            };
             let runtime = Runtime::build_from(config, Some(&old));
+            shared.upstream_tls.store(Arc::new(identities));
             shared.runtime.store(Arc::new(runtime));
             shared.generation.send_modify(|g| *g += 1);
             let took = started.elapsed();
@@ -131,8 +144,26 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// Reloads every TLS listener's certificate whose files changed; a broken one keeps the old.
+/// Reloads every TLS listener's certificates and every pool's upstream TLS material whose files
+/// changed; a broken one keeps the old.
 pub fn reload_certs(shared: &Shared) {
+    for (pool, identity) in shared.upstream_tls.load().iter() {
+        match identity.reload() {
+            Ok(true) => {
+                shared.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+                info!(%pool, "new upstream TLS material: used by new connections to the pool");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                shared
+                    .metrics
+                    .tls_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                error!(%pool, error = %e, "upstream TLS material rejected, the old one stays");
+            }
+        }
+    }
     let stores = shared
         .certs
         .lock()

@@ -13,6 +13,7 @@ use crate::runtime::Runtime;
 use crate::state::Shared;
 use crate::tls::{CertFiles, CertStore};
 use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
@@ -23,9 +24,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
 
+/// How the process comes up: binding its listeners, or taking them over from a running one.
+pub struct Start {
+    /// Take the listening sockets over from the process that gets SIGQUIT.
+    pub upgrade: bool,
+    pub upgrade_socket: std::path::PathBuf,
+}
+
 /// Builds and runs the server; returns when it shuts down.
-pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
+pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), String> {
     let conf = ServerConf {
+        upgrade_sock: start.upgrade_socket.to_string_lossy().into_owned(),
         threads: threads(),
         // After SIGTERM and the listeners closing, open tunnels are kept this long (the process
         // exits sooner when nothing is left in flight: see Signals).
@@ -33,24 +42,37 @@ pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
         graceful_shutdown_timeout_seconds: Some(5),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
+    let opt = pingora::server::configuration::Opt {
+        upgrade: start.upgrade,
+        ..Default::default()
+    };
     let listeners = config.listener.clone();
     let admin_addr = config.admin.as_ref().map(|a| a.addr);
-    // pingora waits and retries on an address in use (for upgrades); a fresh start should
-    // instead say at once which address is taken.
-    for addr in listeners.iter().map(|l| l.addr).chain(admin_addr) {
-        std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    if !start.upgrade {
+        // pingora waits and retries on an address in use (for upgrades); a fresh start should
+        // instead say at once which address is taken.
+        for addr in listeners.iter().map(|l| l.addr).chain(admin_addr) {
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        }
     }
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if start.upgrade {
+        info!(socket = %start.upgrade_socket.display(), "waiting for the listeners of the running shardgate (send it SIGQUIT)");
+    }
+    server.bootstrap();
     let shutdown_delay = config.timeouts.shutdown_delay;
+    let identities = crate::proxy::upstream_tls::build(&config, &std::collections::HashMap::new())?;
     let shared = Shared::new(Runtime::build(config), status);
+    shared.upstream_tls.store(Arc::new(identities));
     let signal_shared = shared.clone();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Edge::new(shared.clone()),
-        "shardgate edge",
+    let mut proxy = Service::new(
+        "shardgate edge".to_owned(),
+        Lingering(Arc::new(pingora::proxy::http_proxy(
+            &server.configuration,
+            Edge::new(shared.clone()),
+        ))),
     );
     for l in &listeners {
         let addr = l.addr.to_string();
@@ -102,6 +124,7 @@ pub fn run(config: Config, status: ReloadStatus) -> Result<(), String> {
         shutdown_signal: Box::new(Signals {
             shared: signal_shared,
             delay: shutdown_delay,
+            upgrade_socket: start.upgrade_socket,
         }),
     });
     Ok(())
@@ -124,6 +147,9 @@ struct Housekeeping {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Serving: tell systemd (Type=notify), naming this process as the main one, which is
+        // how it follows a hand-over to a successor (see `crate::upgrade`).
+        crate::upgrade::notify_systemd(&format!("READY=1\nMAINPID={}", std::process::id()));
         loop {
             let runtime = self.shared.runtime.load_full();
             let min_ttl = runtime
@@ -238,21 +264,10 @@ impl BackgroundService for Reloader {
             .path
             .clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        // Watch the directories: files may be replaced rather than written.
-        let mut files: Vec<std::path::PathBuf> = path.into_iter().collect();
-        for store in self
-            .shared
-            .certs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            for f in &store.files {
-                files.push(f.cert.clone());
-                files.push(f.key.clone());
-            }
-        }
-        let _watchers = crate::reload::watch(&files, tx.clone());
+        // Watch the directories: files may be replaced rather than written. A reload can name
+        // other upstream TLS files: the watch follows.
+        let mut files = self.watched_files(path.as_deref());
+        let mut _watchers = crate::reload::watch(&files, tx.clone());
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         {
             Ok(s) => Some(s),
@@ -275,54 +290,146 @@ impl BackgroundService for Reloader {
             }
             let _ = crate::reload::reload(&self.shared);
             crate::reload::reload_certs(&self.shared);
+            let now = self.watched_files(path.as_deref());
+            if now != files {
+                files = now;
+                _watchers = crate::reload::watch(&files, tx.clone());
+            }
         }
+    }
+}
+
+impl Reloader {
+    /// The config file, the listeners' certificates and the pools' upstream TLS files.
+    fn watched_files(&self, config: Option<&std::path::Path>) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<std::path::PathBuf> = config.into_iter().map(|p| p.to_owned()).collect();
+        for store in self
+            .shared
+            .certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            for f in &store.files {
+                files.push(f.cert.clone());
+                files.push(f.key.clone());
+            }
+        }
+        for identity in self.shared.upstream_tls.load().values() {
+            files.extend(identity.files());
+        }
+        files.sort();
+        files.dedup();
+        files
     }
 }
 
 /// How the process ends. SIGTERM: `/readyz` turns 503 at once, the listeners keep accepting for
 /// `shutdown_delay` (load balancers notice), then pingora stops accepting, lets requests finish
 /// and keeps open tunnels up to `shutdown_grace`. SIGINT: exit at once. SIGQUIT: hand the
-/// listeners to a new process started with `--upgrade` (pingora's graceful upgrade).
+/// listeners to a new process started with `--upgrade` (pingora's graceful upgrade); ignored,
+/// with an error, when none is waiting, since pingora would stop serving anyway. SIGUSR2: start
+/// that new process from the binary on disk, then hand over (see `crate::upgrade`).
 struct Signals {
     shared: Arc<Shared>,
     delay: Duration,
+    upgrade_socket: std::path::PathBuf,
+}
+
+impl Signals {
+    /// After the hand-over pingora keeps accepting for [`HANDOVER_ACCEPT`], then stops; from
+    /// then on this process exits once nothing is in flight.
+    fn handing_over(&self) -> ShutdownSignal {
+        exit_when_idle(self.shared.clone(), HANDOVER_ACCEPT);
+        ShutdownSignal::GracefulUpgrade
+    }
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut usr2)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
             signal(SignalKind::quit()),
+            signal(SignalKind::user_defined2()),
         ) else {
             tracing::error!("cannot listen for signals; stopping");
             return ShutdownSignal::FastShutdown;
         };
-        tokio::select! {
-            _ = term.recv() => {
-                self.shared.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
-                info!(delay = ?self.delay, "SIGTERM: /readyz answers 503; listeners close after the delay");
-                tokio::select! {
-                    _ = tokio::time::sleep(self.delay) => {
-                        exit_when_idle(self.shared.clone());
-                        ShutdownSignal::GracefulTerminate
+        let socket = &self.upgrade_socket;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    self.shared.shutting_down.store(true, std::sync::atomic::Ordering::Relaxed);
+                    info!(delay = ?self.delay, "SIGTERM: /readyz answers 503; listeners close after the delay");
+                    return tokio::select! {
+                        _ = tokio::time::sleep(self.delay) => {
+                            exit_when_idle(self.shared.clone(), Duration::ZERO);
+                            ShutdownSignal::GracefulTerminate
+                        }
+                        _ = int.recv() => ShutdownSignal::FastShutdown,
+                    };
+                }
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = quit.recv() => {
+                    if crate::upgrade::successor_waiting(socket) {
+                        info!(socket = %socket.display(), "SIGQUIT: handing the listeners to the new process");
+                        return self.handing_over();
                     }
-                    _ = int.recv() => ShutdownSignal::FastShutdown,
+                    tracing::error!(socket = %socket.display(), "SIGQUIT: no new process is waiting on the upgrade socket (start `shardgate run --upgrade` first); still serving");
+                }
+                _ = usr2.recv() => {
+                    info!("SIGUSR2: starting the binary on disk to take over");
+                    match crate::upgrade::start_successor(socket).await {
+                        Ok(pid) => {
+                            info!(pid, "new process waiting; handing the listeners over");
+                            return self.handing_over();
+                        }
+                        Err(e) => tracing::error!(error = %e, "upgrade abandoned; still serving"),
+                    }
                 }
             }
-            _ = int.recv() => ShutdownSignal::FastShutdown,
-            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
         }
     }
 }
 
-/// Once the listeners have closed, exits as soon as no request or tunnel is in flight, rather
-/// than sitting out the whole `shutdown_grace` (pingora's grace period is a fixed wait).
-fn exit_when_idle(shared: Arc<Shared>) {
+/// How long connections accepted before the listeners closed have to send their request.
+/// pingora drops every connection still waiting for a request when its proxy is cleaned up, so
+/// one accepted a moment before the listeners closed, whose request was still on its way, would
+/// be closed unanswered; the clean-up waits this long (see [`Lingering`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How long pingora keeps accepting after handing its listeners to a new process.
+const HANDOVER_ACCEPT: Duration = Duration::from_secs(5);
+
+/// The proxy app, with its clean-up (which drops connections waiting for a request) put off by
+/// [`LINGER`] after the listeners close.
+struct Lingering<A>(Arc<A>);
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Lingering<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: pingora::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        self.0.process_new(session, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        tokio::time::sleep(LINGER).await;
+        self.0.cleanup().await;
+    }
+}
+
+/// Once the listeners have closed (`after` from now) and connections accepted before had their
+/// [`LINGER`], exits as soon as no request or tunnel is in flight, rather than sitting out the
+/// whole `shutdown_grace` (pingora's grace period is a fixed wait).
+fn exit_when_idle(shared: Arc<Shared>, after: Duration) {
     std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(after + LINGER + Duration::from_millis(200));
         loop {
             if shared.in_flight.load(std::sync::atomic::Ordering::Relaxed) <= 0 {
                 info!("nothing in flight: exiting");

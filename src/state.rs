@@ -5,6 +5,7 @@ use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
 use crate::runtime::Runtime;
 use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -19,6 +20,8 @@ pub struct Shared {
     pub in_flight: std::sync::atomic::AtomicI64,
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// TLS towards members, by pool name (pools without `tls` are absent).
+    pub upstream_tls: ArcSwap<HashMap<String, Arc<crate::proxy::upstream_tls::Identity>>>,
     /// The TLS listeners' certificates, reloaded when their files change.
     pub certs: Mutex<Vec<Arc<crate::tls::CertStore>>>,
     epoch: Instant,
@@ -32,6 +35,7 @@ impl Shared {
             generation: tokio::sync::watch::Sender::new(0),
             reload: Mutex::new(status),
             certs: Mutex::new(Vec::new()),
+            upstream_tls: ArcSwap::from_pointee(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicI64::new(0),
             epoch: Instant::now(),

@@ -42,6 +42,38 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     Ok(Arc::new(ck))
 }
 
+/// Reads a PEM bundle of CA certificates: the DER of each, every one a parseable X.509
+/// certificate.
+pub fn load_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let pem = read_pem(path, "CA bundle")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM in CA bundle {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in CA bundle {}", path.display()));
+    }
+    for c in &certs {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("a certificate in {} does not parse: {e}", path.display()))?;
+    }
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}
+
+/// A client certificate chain and its key for mTLS, as DER: checked like a listener's pair
+/// (the key must belong to the certificate).
+pub fn load_client_identity(cert: &Path, key: &Path) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+    let ck = load_certified_key(cert, key)?;
+    for c in &ck.cert {
+        x509_parser::parse_x509_certificate(c.as_ref())
+            .map_err(|e| format!("a certificate in {} does not parse: {e}", cert.display()))?;
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(&read_pem(key, "private key")?)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?
+        .secret_der()
+        .to_vec();
+    Ok((ck.cert.iter().map(|c| c.to_vec()).collect(), key_der))
+}
+
 /// Reads a regular file of at most [`MAX_PEM_BYTES`] (not a device or a pipe that never ends).
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path)

@@ -112,6 +112,21 @@ pub fn parse_with_env(
             }
         }
     }
+    for (i, p) in config.pool.iter().enumerate() {
+        let (Some(tls), false) = (&p.tls, inside_failed(&format!("pool[{i}]"))) else {
+            continue;
+        };
+        if let Some(ca) = &tls.ca {
+            if let Err(message) = crate::tls::load_ca_bundle(ca) {
+                errors.push(spans.error(&locate, &format!("pool[{i}].tls.ca"), message));
+            }
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+            if let Err(message) = crate::tls::load_client_identity(cert, key) {
+                errors.push(spans.error(&locate, &format!("pool[{i}].tls.client_cert"), message));
+            }
+        }
+    }
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -435,6 +450,49 @@ shard = { pool = "shards" }
         let errs = parse_env(&text).unwrap_err().0;
         assert_eq!(errs[0].path, "timeouts.idle", "{}", errs[0]);
         assert!(errs[0].message.contains("not a duration"));
+    }
+
+    #[test]
+    fn upstream_tls_settings_are_checked() {
+        let with = |tls: &str| {
+            let text = GOOD.replace(
+                "shards.list = [",
+                &format!("tls = {{ {tls} }}\nshards.list = ["),
+            );
+            parse_env(&text).map(|_| ()).map_err(|e| {
+                e.0.iter()
+                    .map(|e| format!("{}: {}", e.path, e.message))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(with("server_name = \"shard.test\""), Ok(()));
+        assert_eq!(with("verify = \"none\""), Ok(()));
+        let errs = with("verify = \"chain\"").unwrap_err();
+        assert!(
+            errs[0].starts_with("pool[0].tls: no server_name"),
+            "{errs:?}"
+        );
+        let errs = with("server_name = \"a\", client_cert = \"/c.pem\"").unwrap_err();
+        assert!(
+            errs[0].contains("client_cert and client_key go together"),
+            "{errs:?}"
+        );
+        let errs = with("server_name = \"a\", verify = \"maybe\"").unwrap_err();
+        assert!(
+            errs[0].starts_with("pool[0].tls.verify: unknown variant"),
+            "{errs:?}"
+        );
+        let errs = with("server_name = \"a\", ca = \"/nonexistent/ca.pem\"").unwrap_err();
+        assert!(
+            errs[0].starts_with("pool[0].tls.ca: cannot read CA bundle"),
+            "{errs:?}"
+        );
+        let text = GOOD.replace(
+            "shards.list = [",
+            "tls = { server_name = \"a\" }\nhealth = { path = \"/about/health\" }\nshards.list = [",
+        );
+        let errs = parse_env(&text).unwrap_err().0;
+        assert_eq!(errs[0].path, "pool[0].health.path", "{errs:?}");
     }
 
     #[test]

@@ -212,6 +212,37 @@ pub struct Pool {
         deserialize_with = "super::duration::deserialize"
     )]
     pub linger: Duration,
+    /// Connect to the members over TLS, optionally presenting a client certificate (mTLS).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards a pool's members. The files are watched and reloaded like listener certificates
+/// (spiffe-helper rotating an SVID): new connections use the new ones.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Sent as SNI and, with `verify = "full"`, the name the member's certificate must carry.
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub verify: Verify,
+    /// PEM bundle of the CAs a member's certificate must chain to (default: the system's).
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain presented to the members (mTLS); needs `client_key`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// How a member's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// Chain to a trusted CA and carry `server_name`.
+    #[default]
+    Full,
+    /// Chain to a trusted CA, any name (SPIFFE SVIDs carry URI names, not DNS ones).
+    Chain,
+    /// No check at all: only for tests and trusted networks.
+    None,
 }
 
 fn default_passive_down() -> Duration {
@@ -500,6 +531,7 @@ impl Pool {
             health: None,
             agent: None,
             linger: default_linger(),
+            tls: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Rules serde cannot express: names unique, references resolve, values in range.
 //! Returns (key path, message) pairs; the loader turns paths into file positions.
 
-use super::model::Config;
+use super::model::{Config, Verify};
 use std::collections::HashSet;
 
 pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
@@ -79,6 +79,32 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                 format!("{at}.name"),
                 format!("another pool is already named {:?}", p.name),
             );
+        }
+        if let Some(tls) = &p.tls {
+            let at = format!("{at}.tls");
+            if tls.client_cert.is_some() != tls.client_key.is_some() {
+                err(
+                    at.clone(),
+                    "client_cert and client_key go together; expected both or neither".into(),
+                );
+            }
+            match &tls.server_name {
+                None if tls.verify != Verify::None => err(
+                    at.clone(),
+                    "no server_name; expected the name to send as SNI (and, with verify = \"full\", to find in the members' certificates), or verify = \"none\"".into(),
+                ),
+                Some(name) if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') => err(
+                    format!("{at}.server_name"),
+                    format!("{name:?} is not a host name"),
+                ),
+                _ => {}
+            }
+            if p.health.as_ref().is_some_and(|h| h.path.is_some()) {
+                err(
+                    format!("pool[{i}].health.path"),
+                    "HTTP health checks do not speak TLS; with tls, omit path for a TCP check (or use the agent check)".into(),
+                );
+            }
         }
         if p.sticky.capacity == 0 {
             err(format!("{at}.sticky.capacity"), "must be at least 1".into());

@@ -9,6 +9,7 @@
 pub mod cors;
 pub mod headers;
 mod tunnel;
+pub mod upstream_tls;
 
 use crate::metrics::status_class;
 use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
@@ -86,7 +87,10 @@ impl Edge {
         let pool = &runtime.pools[ctx.pool.expect("only pool routes reach upstream_peer")];
         let shard = match self.choose(pool, ctx) {
             Ok(shard) => shard,
-            Err(why) => {
+            Err(mut why) => {
+                if let (Some(failed), true) = (&ctx.shard, ctx.failed.is_some()) {
+                    why = format!("{why} (shard {} refused the connection)", failed.name);
+                }
                 ctx.refusal = Some(why.clone());
                 return Error::e_explain(HTTPStatus(503), why);
             }
@@ -101,7 +105,10 @@ impl Edge {
             ctx.refusal = Some(why.clone());
             return Error::e_explain(HTTPStatus(503), why);
         };
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let mut peer = match self.shared.upstream_tls.load().get(&*pool.name) {
+            Some(identity) => identity.peer(addr),
+            None => HttpPeer::new(addr, false, String::new()),
+        };
         let inactivity = if ctx.upgrade {
             timeouts.tunnel
         } else {

@@ -477,6 +477,7 @@ mod tests {
             linger: Duration::from_secs(600),
             health: None,
             agent: None,
+            tls: None,
         })
     }
 

@@ -294,9 +294,21 @@ impl Shardgate {
         http: SocketAddr,
         admin: SocketAddr,
     ) -> Shardgate {
+        Self::start_with_args(path, dir, http, admin, &[])
+    }
+
+    /// As [`Shardgate::start_file`], with more arguments after `run --config FILE`.
+    pub fn start_with_args(
+        path: PathBuf,
+        dir: tempfile::TempDir,
+        http: SocketAddr,
+        admin: SocketAddr,
+        args: &[&std::ffi::OsStr],
+    ) -> Shardgate {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
             .args(["run", "--config"])
             .arg(&path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("SHARDGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
