@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod relay;
 pub mod routing;
 pub mod runtime;
 pub mod tls;

@@ -72,7 +72,13 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match config::load_file(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(config) => {
+                println!("{}: ok", file.display());
+                let ephemeral = config::media::ephemeral_ports();
+                for warning in config::media::warnings(&config.media, ephemeral) {
+                    eprintln!("{}: warning: {warning}", file.display());
+                }
+            }
             Err(errors) => {
                 ok = false;
                 eprintln!("{errors}");

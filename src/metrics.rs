@@ -32,6 +32,15 @@ pub struct Metrics {
     pub stick_entries: IntGaugeVec,
     /// 1 for the state each shard is in, by pool, shard and state (set at scrape).
     pub shard_state: IntGaugeVec,
+    /// Relayed UDP datagrams and bytes, by zone and direction (`in`: client to target, `out`).
+    pub media_datagrams: IntCounterVec,
+    pub media_bytes: IntCounterVec,
+    /// Datagrams the relay dropped, by zone and reason.
+    pub media_drops: IntCounterVec,
+    /// Open relay flows, by zone.
+    pub media_flows: IntGaugeVec,
+    /// Lookups of relay targets, by zone and result (`ok`, `no_records`, `error`).
+    pub media_lookups: IntCounterVec,
 }
 
 impl Metrics {
@@ -121,8 +130,34 @@ impl Metrics {
             "1 for the state each shard is in",
             &["pool", "shard", "state"],
         );
+        let media_datagrams = counter(
+            "shardgate_media_datagrams_total",
+            "Relayed UDP datagrams by zone and direction (in: client to target, out: back)",
+            &["zone", "direction"],
+        );
+        let media_bytes = counter(
+            "shardgate_media_bytes_total",
+            "Relayed UDP payload bytes by zone and direction",
+            &["zone", "direction"],
+        );
+        let media_drops = counter(
+            "shardgate_media_drops_total",
+            "UDP datagrams the relay dropped, by zone and reason",
+            &["zone", "reason"],
+        );
+        let media_flows = gauge("shardgate_media_flows", "Open relay flows", &["zone"]);
+        let media_lookups = counter(
+            "shardgate_media_target_lookups_total",
+            "DNS lookups of relay targets by zone and result (ok, no_records, error)",
+            &["zone", "result"],
+        );
         Metrics {
             registry,
+            media_datagrams,
+            media_bytes,
+            media_drops,
+            media_flows,
+            media_lookups,
             requests,
             upstream_latency,
             tunnels_open,

@@ -141,6 +141,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.timeouts.shutdown_delay != new.timeouts.shutdown_delay {
         out.push("timeouts.shutdown_delay".to_owned());
     }
+    if old.media != new.media {
+        out.push("media".to_owned());
+    }
     out
 }
 

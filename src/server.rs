@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::discovery::health;
 use crate::discovery::resolver::{self, Plan};
 use crate::proxy::Edge;
+use crate::relay::targets::ZoneTargets;
 use crate::reload::ReloadStatus;
 use crate::routing::Pool;
 use crate::runtime::Runtime;
@@ -62,9 +63,19 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     }
     server.bootstrap();
     let shutdown_delay = config.timeouts.shutdown_delay;
+    let media = config.media.clone();
+    for warning in crate::config::media::warnings(&media, crate::config::media::ephemeral_ports()) {
+        tracing::warn!("{warning}");
+    }
+    let zone_targets: Vec<Arc<ZoneTargets>> = media
+        .zone
+        .iter()
+        .map(|z| Arc::new(ZoneTargets::new(z)))
+        .collect();
     let identities = crate::proxy::upstream_tls::build(&config, &std::collections::HashMap::new())?;
     let shared = Shared::new(Runtime::build(config), status);
     shared.upstream_tls.store(Arc::new(identities));
+    crate::relay::driver::start(&media, shared.clone(), &zone_targets)?;
     let signal_shared = shared.clone();
 
     let mut proxy = Service::new(
@@ -117,6 +128,13 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
         "discovery",
         Discovery {
             shared: shared.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "media targets",
+        MediaTargets {
+            shared: shared.clone(),
+            zones: media.zone.iter().cloned().zip(zone_targets).collect(),
         },
     ));
     server.add_service(background_service("reloader", Reloader { shared }));
@@ -321,6 +339,46 @@ impl Reloader {
         files.sort();
         files.dedup();
         files
+    }
+}
+
+/// Keeps the media relay's targets resolved (see `crate::relay::targets`).
+struct MediaTargets {
+    shared: Arc<Shared>,
+    zones: Vec<(crate::config::Zone, Arc<ZoneTargets>)>,
+}
+
+#[async_trait]
+impl BackgroundService for MediaTargets {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        if self.zones.is_empty() {
+            return;
+        }
+        let cfg = self.shared.runtime.load().config.resolver.clone();
+        let resolver = match resolver::build(&cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "no DNS resolver: relay targets by name stay unresolved");
+                return;
+            }
+        };
+        let tasks: Vec<_> = self
+            .zones
+            .iter()
+            .map(|(zone, targets)| {
+                tokio::spawn(crate::relay::targets::run(
+                    zone.clone(),
+                    targets.clone(),
+                    resolver.clone(),
+                    cfg.clone(),
+                    self.shared.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 }
 

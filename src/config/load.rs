@@ -496,6 +496,59 @@ shard = { pool = "shards" }
     }
 
     #[test]
+    fn media_zones_are_checked() {
+        let with = |zones: &str| {
+            parse_env(&format!("{GOOD}\n{zones}"))
+                .map(|_| ())
+                .map_err(|e| {
+                    e.0.iter()
+                        .map(|e| format!("{}: {}", e.path, e.message))
+                        .collect::<Vec<_>>()
+                })
+        };
+        let zone = |name: &str, ports: &str, target: &str| {
+            format!("[[media.zone]]\nname = \"{name}\"\nports = \"{ports}\"\n{target}\n")
+        };
+        let pod = "target = \"shard-0-jvb-{index}.shard-0-jvb.jitsi.svc.cluster.local.:{port}\"";
+        assert_eq!(with(&zone("ZONE_0", "30300-30399", pod)), Ok(()));
+        assert_eq!(
+            with(&zone(
+                "z",
+                "30300-30301",
+                "targets = [\"10.0.0.1:10000\", \"10.0.0.2:10000\"]"
+            )),
+            Ok(())
+        );
+        let errs =
+            with(&(zone("a", "30300-30399", pod) + &zone("b", "30350-30449", pod))).unwrap_err();
+        assert!(
+            errs[0].starts_with("media.zone[1].ports: 30350-30449 overlaps media.zone[0]"),
+            "{errs:?}"
+        );
+        let errs = with(&zone("a", "8000-8100", pod)).unwrap_err();
+        assert!(
+            errs[0].contains("includes port 8080 of listener[0]"),
+            "{errs:?}"
+        );
+        let errs = with(&zone("a", "30300-30302", "targets = [\"10.0.0.1:10000\"]")).unwrap_err();
+        assert!(errs[0].contains("1 targets for the 3 ports"), "{errs:?}");
+        let errs = with(&zone(
+            "a",
+            "30300-30302",
+            "target = \"jvb-{ordinal}:{port}\"",
+        ))
+        .unwrap_err();
+        assert!(
+            errs[0].contains("only {index} and {port} are substituted"),
+            "{errs:?}"
+        );
+        let errs = with(&zone("a", "30300-30302", "")).unwrap_err();
+        assert!(errs[0].starts_with("media.zone[0]: no target"), "{errs:?}");
+        let errs = with(&zone("a", "30399-30300", pod)).unwrap_err();
+        assert!(errs[0].starts_with("media.zone[0].ports"), "{errs:?}");
+    }
+
+    #[test]
     fn syntax_errors_all_reported() {
         let errs = parse_env("a = 1\nb = \n[x\nc = 2\n").unwrap_err().0;
         assert!(errs.len() >= 2, "{errs:?}");

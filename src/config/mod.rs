@@ -16,3 +16,5 @@ pub use error::{ConfigError, ConfigErrors};
 pub use interpolate::interpolate;
 pub use load::{load_file, parse, parse_with_env, DEFAULT_CONFIG};
 pub use model::*;
+pub mod media;
+pub use media::{Media, PortRange, Zone};

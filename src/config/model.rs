@@ -23,6 +23,9 @@ pub struct Config {
     pub pool: Vec<Pool>,
     #[serde(default)]
     pub route: Vec<Route>,
+    /// The UDP media relay.
+    #[serde(default)]
+    pub media: super::Media,
 }
 
 /// Where clients connect: plain HTTP, or TLS with HTTP/2 and HTTP/1.1 by ALPN.
@@ -493,6 +496,7 @@ impl Config {
             resolver: Resolver::default(),
             pool: Vec::new(),
             route: Vec::new(),
+            media: super::Media::default(),
         }
     }
 
@@ -506,6 +510,7 @@ impl Config {
             "resolver" => self.resolver = part.resolver,
             "pool" => self.pool = part.pool,
             "route" => self.route = part.route,
+            "media" => self.media = part.media,
             _ => {}
         }
     }

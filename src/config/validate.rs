@@ -340,6 +340,7 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
             }
         }
     }
+    errors.extend(validate_media(c));
     errors
 }
 
@@ -388,4 +389,119 @@ fn list(names: &HashSet<&str>) -> String {
     let mut v: Vec<_> = names.iter().copied().collect();
     v.sort_unstable();
     v.join(", ")
+}
+
+/// `[[media.zone]]`: names, port ranges that overlap nothing, one target per port.
+fn validate_media(c: &Config) -> Vec<(String, String)> {
+    use super::media::split_target;
+    let mut errors = Vec::new();
+    let mut err = |path: String, msg: String| errors.push((path, msg));
+    let mut names = HashSet::new();
+    if c.media.threads == Some(0) {
+        err("media.threads".into(), "must be at least 1".into());
+    }
+    for (i, z) in c.media.zone.iter().enumerate() {
+        let at = format!("media.zone[{i}]");
+        if !valid_name(&z.name) {
+            err(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a valid name; expected letters, digits, '-', '_' or '.'",
+                    z.name
+                ),
+            );
+        } else if !names.insert(z.name.as_str()) {
+            err(
+                format!("{at}.name"),
+                format!("another zone is already named {:?}", z.name),
+            );
+        }
+        for (k, other) in c.media.zone.iter().enumerate().take(i) {
+            if other.ports.overlaps(&z.ports) {
+                err(
+                    format!("{at}.ports"),
+                    format!(
+                        "{} overlaps media.zone[{k}] ({}, {})",
+                        z.ports, other.name, other.ports
+                    ),
+                );
+            }
+        }
+        for (k, l) in c.listener.iter().enumerate() {
+            if z.ports.contains(l.addr.port()) {
+                err(
+                    format!("{at}.ports"),
+                    format!(
+                        "{} includes port {} of listener[{k}]",
+                        z.ports,
+                        l.addr.port()
+                    ),
+                );
+            }
+        }
+        if let Some(a) = &c.admin {
+            if z.ports.contains(a.addr.port()) {
+                err(
+                    format!("{at}.ports"),
+                    format!(
+                        "{} includes the admin listener's port {}",
+                        z.ports,
+                        a.addr.port()
+                    ),
+                );
+            }
+        }
+        match (&z.target, z.targets.is_empty()) {
+            (Some(_), false) => err(
+                at.clone(),
+                "both target and targets; expected one".into(),
+            ),
+            (None, true) => err(
+                at.clone(),
+                "no target; expected target = \"jvb-{index}.jvb.ns.svc.cluster.local.:{port}\" (or \"10.0.0.7:{port}\", or targets = [\"host:port\", …] with one per port)".into(),
+            ),
+            (Some(t), true) => {
+                let rest = t.replace("{index}", "").replace("{port}", "");
+                if rest.contains(['{', '}']) {
+                    err(
+                        format!("{at}.target"),
+                        format!("{t:?}: only {{index}} and {{port}} are substituted"),
+                    );
+                } else if let Err(e) = split_target(&super::media::expand_target(t, 0, z.ports.first)) {
+                    err(format!("{at}.target"), format!("{t:?}: {e}"));
+                }
+            }
+            (None, false) => {
+                if z.targets.len() != z.ports.len() {
+                    err(
+                        format!("{at}.targets"),
+                        format!(
+                            "{} targets for the {} ports of {}; expected one per port",
+                            z.targets.len(),
+                            z.ports.len(),
+                            z.ports
+                        ),
+                    );
+                }
+                for (k, t) in z.targets.iter().enumerate() {
+                    if let Err(e) = split_target(t) {
+                        err(format!("{at}.targets[{k}]"), e);
+                    }
+                }
+            }
+        }
+        if z.idle.is_zero() {
+            err(format!("{at}.idle"), "must be more than 0s".into());
+        }
+        if z.max_flows_per_source == 0 {
+            err(
+                format!("{at}.max_flows_per_source"),
+                "must be at least 1".into(),
+            );
+        }
+        if z.max_flows == 0 {
+            err(format!("{at}.max_flows"), "must be at least 1".into());
+        }
+    }
+    errors
 }
