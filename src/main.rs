@@ -42,12 +42,44 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the per-pod UDP NodePort Services of a JVB StatefulSet (a JSON List for
+    /// `kubectl apply -f -`): from --name/--namespace/--replicas/--base, or from the
+    /// StatefulSet's JSON on stdin (`kubectl get sts shard-0-jvb -o json | shardgate nodeports -`).
+    Nodeports {
+        /// `-`: read the StatefulSet JSON from stdin.
+        #[arg(conflicts_with_all = ["name", "replicas"])]
+        stdin: Option<String>,
+        /// The StatefulSet's name.
+        #[arg(long, required_unless_present = "stdin")]
+        name: Option<String>,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long, required_unless_present = "stdin")]
+        replicas: Option<u32>,
+        /// The first pod's UDP port (pod i gets base + i); with stdin, overrides the
+        /// shardgate.io/media-base-port annotation.
+        #[arg(long)]
+        base: Option<u16>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Nodeports {
+            stdin,
+            name,
+            namespace,
+            replicas,
+            base,
+        } => match nodeports(stdin, name, namespace, replicas, base) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shardgate nodeports: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             upgrade,
@@ -66,6 +98,44 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn nodeports(
+    stdin: Option<String>,
+    name: Option<String>,
+    namespace: String,
+    replicas: Option<u32>,
+    base: Option<u16>,
+) -> Result<(), String> {
+    use shardgate::relay::nodeports::JvbSet;
+    let set = match stdin.as_deref() {
+        Some("-") => {
+            let sts: serde_json::Value = serde_json::from_reader(std::io::stdin().lock())
+                .map_err(|e| format!("stdin is not a StatefulSet's JSON: {e}"))?;
+            JvbSet::from_statefulset(&sts, base)?
+        }
+        Some(other) => return Err(format!("unexpected argument {other:?}; use - for stdin")),
+        None => {
+            let set = JvbSet {
+                name: name.ok_or("--name is required")?,
+                namespace,
+                replicas: replicas.ok_or("--replicas is required")?,
+                base: base.ok_or("--base is required (the first pod's UDP port)")?,
+            };
+            set.port(set.replicas.saturating_sub(1))?;
+            set
+        }
+    };
+    let list = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": set.services(&[])?,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&list).expect("JSON values serialize")
+    );
+    Ok(())
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {

@@ -248,16 +248,79 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Largest hook request accepted (a StatefulSet and its pods' metadata).
+const MAX_HOOK_BODY: usize = 8 << 20;
+
+/// metacontroller's hooks (`POST /hooks/nodeports`, `POST /hooks/nodeports/customize`): JSON in,
+/// JSON out; 422 with the reason when the input cannot be used. Not behind the token:
+/// metacontroller does not send one; keep the admin port inside the cluster (NetworkPolicy).
+async fn hook(session: &mut ServerSession, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+    let text = |code, body: String| (code, "text/plain; charset=utf-8", body.into_bytes());
+    if session.req_header().method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "hooks take POST\n".into());
+    }
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > MAX_HOOK_BODY {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "hook request too large\n".into(),
+                    );
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request: {e}\n"),
+                )
+            }
+        }
+    }
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("not JSON: {e}\n")),
+    };
+    let answer = match path {
+        "/hooks/nodeports" => crate::relay::nodeports::sync(&request),
+        "/hooks/nodeports/customize" => crate::relay::nodeports::customize(&request),
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                "no such hook; try /hooks/nodeports\n".into(),
+            )
+        }
+    };
+    match answer {
+        Ok(v) => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec(&v).expect("json"),
+        ),
+        Err(why) => {
+            tracing::warn!(%path, error = %why, "hook request refused");
+            text(StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n"))
+        }
+    }
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        let auth = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let (code, content_type, body) =
-            self.handle(&req.method, req.uri.path(), req.uri.query(), auth);
+        let path = session.req_header().uri.path().to_owned();
+        let (code, content_type, body) = if path.starts_with("/hooks/") {
+            hook(session, &path).await
+        } else {
+            let req = session.req_header();
+            let auth = req
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            self.handle(&req.method, req.uri.path(), req.uri.query(), auth)
+        };
         Response::builder()
             .status(code)
             .header("content-type", content_type)

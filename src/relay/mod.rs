@@ -6,4 +6,6 @@ pub mod core;
 #[cfg(feature = "server")]
 pub mod driver;
 #[cfg(feature = "server")]
+pub mod nodeports;
+#[cfg(feature = "server")]
 pub mod targets;
