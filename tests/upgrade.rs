@@ -22,12 +22,16 @@ fn signal(pid: u32, sig: &str) {
         .success());
 }
 
-/// Stops a process this test did not start itself.
-struct KillOnDrop(u32);
+/// Stops, at the end of the test however it ends, every process whose arguments name this
+/// test's upgrade socket: the successor the old process started, which this test did not.
+struct KillSuccessors(std::path::PathBuf);
 
-impl Drop for KillOnDrop {
+impl Drop for KillSuccessors {
     fn drop(&mut self) {
-        signal(self.0, "-INT");
+        let _ = std::process::Command::new("pkill")
+            .args(["-INT", "-f"])
+            .arg(self.0.as_os_str())
+            .status();
     }
 }
 
@@ -215,6 +219,7 @@ async fn run_upgrade_then_sigquit_hands_over_without_a_failed_request() {
 async fn sigusr2_starts_the_binary_on_disk_and_hands_over() {
     let sockets = tempfile::tempdir().unwrap();
     let socket = sockets.path().join("upgrade.sock");
+    let _successors = KillSuccessors(socket.clone());
     let (_backend, mut old) = old_process(&socket).await;
     let load = Load::start(old.url("/plain"));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -234,7 +239,7 @@ async fn sigusr2_starts_the_binary_on_disk_and_hands_over() {
             .flatten()
     });
     let successor = successor.unwrap_or_else(|| panic!("no successor pid in {}", log.join("\n")));
-    let _successor = KillOnDrop(successor);
+    assert!(successor > 0);
     let (status, body) = get(&client(), &old.url("/plain?room=after")).await;
     assert_eq!((status, body.as_str()), (200, "shard-0\n"));
     let (ok, failed) = load.finish().await;
