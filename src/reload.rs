@@ -151,21 +151,13 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
 /// changed; a broken one keeps the old.
 pub fn reload_certs(shared: &Shared) {
     for (pool, identity) in shared.upstream_tls.load().iter() {
-        match identity.reload() {
-            Ok(true) => {
-                shared.metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                info!(%pool, "new upstream TLS material: used by new connections to the pool");
-            }
-            Ok(false) => {}
-            Err(e) => {
-                shared
-                    .metrics
-                    .tls_reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                error!(%pool, error = %e, "upstream TLS material rejected, the old one stays");
-            }
-        }
+        let what = format!("upstream TLS material of pool {pool}");
+        count_tls_reload(
+            shared,
+            identity.reload(),
+            &what,
+            "new connections to the pool",
+        );
     }
     let stores = shared
         .certs
@@ -173,20 +165,26 @@ pub fn reload_certs(shared: &Shared) {
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     for store in stores {
-        match store.reload() {
-            Ok(true) => {
-                shared.metrics.tls_reloads.with_label_values(&["ok"]).inc();
-                info!(cert = %store.files[0].cert.display(), "new TLS certificates: presented to new connections");
-            }
-            Ok(false) => {}
-            Err(e) => {
-                shared
-                    .metrics
-                    .tls_reloads
-                    .with_label_values(&["error"])
-                    .inc();
-                error!(cert = %store.files[0].cert.display(), error = %e, "TLS certificates rejected, the old ones stay");
-            }
+        let what = format!("TLS certificates of {}", store.files[0].cert.display());
+        count_tls_reload(shared, store.reload(), &what, "new handshakes");
+    }
+}
+
+/// Counts and logs one reload of TLS files: `Ok(true)` new material, `Ok(false)` unchanged.
+fn count_tls_reload(shared: &Shared, result: Result<bool, String>, what: &str, used_by: &str) {
+    match result {
+        Ok(true) => {
+            shared.metrics.tls_reloads.with_label_values(&["ok"]).inc();
+            info!("new {what}: used by {used_by}");
+        }
+        Ok(false) => {}
+        Err(e) => {
+            shared
+                .metrics
+                .tls_reloads
+                .with_label_values(&["error"])
+                .inc();
+            error!(error = %e, "{what} rejected, the old ones stay");
         }
     }
 }

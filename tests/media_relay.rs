@@ -91,6 +91,23 @@ async fn ask_until(client: &UdpSocket, to: SocketAddr, payload: &str, want: &str
     }
 }
 
+/// Waits (up to 5 s: relay threads flush their counters every second) until the metric
+/// starting `line_start` satisfies `ok`; returns the scrape.
+async fn wait_metric(sg: &Shardgate, line_start: &str, ok: impl Fn(u64) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = get(&client(), &sg.admin_url("/metrics")).await.1;
+        if metric(&metrics, line_start).is_some_and(&ok) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{line_start} never as expected:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn metric(metrics: &str, line_start: &str) -> Option<u64> {
     metrics
         .lines()
@@ -134,18 +151,15 @@ async fn clients_reach_their_ports_jvb_flows_expire_and_floods_stop_at_the_limit
             ask_until(client, public(k), &payload, &format!("jvb-{k}:{payload}")).await;
         }
     }
-    let metrics = get(&client(), &sg.admin_url("/metrics")).await.1;
+    let metrics = wait_metric(
+        &sg,
+        "shardgate_media_datagrams_total{direction=\"out\",zone=\"z0\"}",
+        |n| n >= 80,
+    )
+    .await;
     assert_eq!(
         metric(&metrics, "shardgate_media_flows{zone=\"z0\"}"),
         Some(80),
-        "{metrics}"
-    );
-    assert!(
-        metric(
-            &metrics,
-            "shardgate_media_datagrams_total{direction=\"out\",zone=\"z0\"}"
-        )
-        .is_some_and(|n| n >= 80),
         "{metrics}"
     );
 
@@ -176,7 +190,12 @@ async fn clients_reach_their_ports_jvb_flows_expire_and_floods_stop_at_the_limit
     assert_eq!(answered, 4, "a source gets max_flows_per_source flows");
     let other = UdpSocket::bind(("127.0.0.41", 0)).await.unwrap();
     ask_until(&other, public(0), "still", "jvb-0:still").await;
-    let metrics = get(&client(), &sg.admin_url("/metrics")).await.1;
+    let metrics = wait_metric(
+        &sg,
+        "shardgate_media_drops_total{reason=\"flow_limit\",zone=\"z0\"}",
+        |n| n >= 8,
+    )
+    .await;
     assert_eq!(
         metric(
             &metrics,
@@ -224,15 +243,12 @@ async fn targets_by_name_follow_dns_and_unresolved_ports_drop() {
 
     // No target for port 2: nothing comes back, and the drop is counted.
     assert!(ask(&client, public(2), "c").await.is_none());
-    let metrics = get(&common::client(), &sg.admin_url("/metrics")).await.1;
-    assert!(
-        metric(
-            &metrics,
-            "shardgate_media_drops_total{reason=\"no_target\",zone=\"z1\"}"
-        )
-        .is_some_and(|n| n >= 1),
-        "{metrics}"
-    );
+    wait_metric(
+        &sg,
+        "shardgate_media_drops_total{reason=\"no_target\",zone=\"z1\"}",
+        |n| n >= 1,
+    )
+    .await;
 
     // jvb-0 restarts with a new IP: the flow moves to the new address.
     dns.set_a(

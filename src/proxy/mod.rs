@@ -105,7 +105,9 @@ impl Edge {
             ctx.refusal = Some(why.clone());
             return Error::e_explain(HTTPStatus(503), why);
         };
-        let mut peer = match self.shared.upstream_tls.load().get(&*pool.name) {
+        // Most configs have no upstream TLS: then no lookup by pool name per request.
+        let tls = self.shared.upstream_tls.load();
+        let mut peer = match (!tls.is_empty()).then(|| tls.get(&*pool.name)).flatten() {
             Some(identity) => identity.peer(addr),
             None => HttpPeer::new(addr, false, String::new()),
         };

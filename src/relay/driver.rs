@@ -8,7 +8,8 @@ use super::core::{Core, DropReason, FlowId, Limits, SourceCounts, Verdict};
 use super::targets::ZoneTargets;
 use crate::config::{Media, Zone};
 use crate::state::Shared;
-use prometheus::{IntCounter, IntGauge};
+use prometheus::local::LocalIntCounter;
+use prometheus::IntGauge;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,16 +26,16 @@ use tracing::{debug, info, warn};
 /// The largest datagram relayed (a GRO burst can be up to 64 KiB).
 const MAX_BURST: usize = 64 * 1024;
 
-/// One zone's counters, resolved once.
-#[derive(Clone)]
+/// One zone's counters on one relay thread: local (no atomic per datagram, no cache line
+/// shared between relay threads), flushed to the registry by the thread's timer loop.
 struct ZoneMetrics {
-    datagrams_in: IntCounter,
-    bytes_in: IntCounter,
-    datagrams_out: IntCounter,
-    bytes_out: IntCounter,
-    drops: HashMap<DropReason, IntCounter>,
+    datagrams_in: LocalIntCounter,
+    bytes_in: LocalIntCounter,
+    datagrams_out: LocalIntCounter,
+    bytes_out: LocalIntCounter,
+    drops: HashMap<DropReason, LocalIntCounter>,
     /// Datagrams dropped because a socket's send buffer was full.
-    send_full: IntCounter,
+    send_full: LocalIntCounter,
     flows: IntGauge,
 }
 
@@ -42,21 +43,44 @@ impl ZoneMetrics {
     fn new(shared: &Shared, zone: &str) -> Self {
         let m = &shared.metrics;
         ZoneMetrics {
-            datagrams_in: m.media_datagrams.with_label_values(&[zone, "in"]),
-            bytes_in: m.media_bytes.with_label_values(&[zone, "in"]),
-            datagrams_out: m.media_datagrams.with_label_values(&[zone, "out"]),
-            bytes_out: m.media_bytes.with_label_values(&[zone, "out"]),
+            datagrams_in: m.media_datagrams.with_label_values(&[zone, "in"]).local(),
+            bytes_in: m.media_bytes.with_label_values(&[zone, "in"]).local(),
+            datagrams_out: m.media_datagrams.with_label_values(&[zone, "out"]).local(),
+            bytes_out: m.media_bytes.with_label_values(&[zone, "out"]).local(),
             drops: DropReason::ALL
                 .iter()
-                .map(|&r| (r, m.media_drops.with_label_values(&[zone, r.label()])))
+                .map(|&r| {
+                    (
+                        r,
+                        m.media_drops.with_label_values(&[zone, r.label()]).local(),
+                    )
+                })
                 .collect(),
-            send_full: m.media_drops.with_label_values(&[zone, "send_buffer_full"]),
+            send_full: m
+                .media_drops
+                .with_label_values(&[zone, "send_buffer_full"])
+                .local(),
             flows: m.media_flows.with_label_values(&[zone]),
         }
     }
 
     fn dropped(&self, reason: DropReason, datagrams: usize) {
         self.drops[&reason].inc_by(datagrams as u64);
+    }
+
+    fn flush(&self) {
+        for c in [
+            &self.datagrams_in,
+            &self.bytes_in,
+            &self.datagrams_out,
+            &self.bytes_out,
+            &self.send_full,
+        ]
+        .into_iter()
+        .chain(self.drops.values())
+        {
+            c.flush();
+        }
     }
 }
 
@@ -460,6 +484,7 @@ async fn run_thread(
         let now = Instant::now();
         let mut next = now + Duration::from_secs(1);
         for w in &timers {
+            w.metrics.flush();
             w.refresh_targets();
             w.core.borrow_mut().handle_timeout(now);
             w.close_ended();
