@@ -244,12 +244,13 @@ struct ZoneWorker {
 }
 
 impl ZoneWorker {
-    /// Follows a change of the zone's resolved targets.
+    /// Follows a change of the zone's resolved targets. Called per received batch: a guard,
+    /// not a clone of the `Arc` (whose count the relay threads would contend for).
     fn refresh_targets(&self) {
-        let now = self.targets.current.load_full();
+        let now = self.targets.current.load();
         if !Arc::ptr_eq(&now, &self.seen_targets.borrow()) {
             self.core.borrow_mut().set_targets(&now);
-            *self.seen_targets.borrow_mut() = now;
+            *self.seen_targets.borrow_mut() = arc_swap::Guard::into_inner(now);
             self.close_ended();
         }
     }
