@@ -25,7 +25,8 @@ enum Event {
 impl Edge {
     /// Serves an upgrade request: chooses the shard, connects (retrying once on the next choice
     /// if the shard refuses), relays the handshake, and after a 101 copies both ways. `Err`
-    /// only before anything was written to the client.
+    /// before anything was written to the client (pingora answers with the error), or when a
+    /// response already passed on cannot be followed (the connection is closed).
     pub(super) async fn tunnel(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let mut shard = self.connect(ctx).await?;
         let mut req = session.req_header().clone();
@@ -46,20 +47,19 @@ impl Edge {
             .resp_header()
             .cloned()
             .ok_or_else(|| Error::explain(InvalidHTTPHeader, "no response head").into_up())?;
-        if let (Some(start), Some(runtime), Some(pool)) =
-            (ctx.upstream_start, &ctx.runtime, ctx.pool)
-        {
-            self.shared
-                .metrics
-                .upstream_latency
-                .with_label_values(&[&runtime.pools[pool].name])
-                .observe(start.elapsed().as_secs_f64());
-        }
         if let Some(origin) = &ctx.cors_origin {
             cors::add_allow(&mut resp, origin);
         }
         session.write_response_header(Box::new(resp), false).await?;
-        if shard.was_upgraded() && session.was_upgraded() {
+        if shard.was_upgraded() {
+            if !session.was_upgraded() {
+                // A 101 the client did not ask for (another protocol): nothing sane can follow.
+                return Error::e_explain(
+                    InvalidHTTPHeader,
+                    "the shard switched to a protocol the client did not ask for",
+                )
+                .map_err(|e| e.into_up());
+            }
             self.tunnel_opened(ctx);
             self.copy_both_ways(session, &mut shard, ctx).await;
         } else {
