@@ -95,6 +95,15 @@ fn request(tls: &mut Tls) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// `head` (from `config_head`) with `tls` (TOML) added to the listener on `http`.
+fn with_tls(head: &str, http: SocketAddr, tls: &str) -> String {
+    head.replacen(
+        &format!("addr = \"{http}\"\n"),
+        &format!("addr = \"{http}\"\n{tls}"),
+        1,
+    )
+}
+
 fn new_cert() -> (String, String, Vec<u8>) {
     cert_for(&["localhost"])
 }
@@ -126,14 +135,14 @@ async fn a_rotated_certificate_reaches_new_handshakes_and_old_connections_stay()
     std::fs::write(&crt, &cert_a).unwrap();
     std::fs::write(&key, &key_a).unwrap();
     let (head, http, admin) = config_head("t");
-    let head = head.replacen(
-        &format!("addr = \"{http}\"\n"),
+    let head = with_tls(
+        &head,
+        http,
         &format!(
-            "addr = \"{http}\"\ntls = {{ cert = \"{}\", key = \"{}\", h2 = false }}\n",
+            "tls = {{ cert = \"{}\", key = \"{}\", h2 = false }}\n",
             crt.display(),
             key.display()
         ),
-        1,
     );
     let sg = Shardgate::start(
         &format!(
@@ -205,10 +214,11 @@ async fn the_certificate_is_chosen_by_sni_and_each_rotates_on_its_own() {
     let (mc, mk, meet) = write("meet", cert_for(&["meet.example.com"]));
     let (wc, wk, wild) = write("wild", cert_for(&["*.example.org", "example.org"]));
     let (head, http, admin) = config_head("t");
-    let head = head.replacen(
-        &format!("addr = \"{http}\"\n"),
+    let head = with_tls(
+        &head,
+        http,
         &format!(
-            "addr = \"{http}\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nsni = [\n  \
+            "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nsni = [\n  \
              {{ cert = \"{}\", key = \"{}\" }},\n  {{ cert = \"{}\", key = \"{}\" }},\n]\n",
             dc.display(),
             dk.display(),
@@ -217,7 +227,6 @@ async fn the_certificate_is_chosen_by_sni_and_each_rotates_on_its_own() {
             wc.display(),
             wk.display()
         ),
-        1,
     );
     let sg = Shardgate::start(
         &format!(

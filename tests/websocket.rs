@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,6 +14,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 const TUNNELS: usize = 500;
+
+/// A config routing every path by room over `backends` (pool "shards"), with `extra` sections.
+fn sticky_config(extra: &str, backends: &[&Backend]) -> (String, SocketAddr, SocketAddr) {
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}{extra}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", backends)
+    );
+    (config, http, admin)
+}
 
 /// A masked client text frame (payload < 126 bytes).
 fn client_frame(text: &str) -> Vec<u8> {
@@ -79,12 +90,8 @@ async fn five_hundred_concurrent_tunnels_stay_open_on_their_rooms_shard() {
         Backend::start("shard-1").await,
         Backend::start("shard-2").await,
     ];
-    let (head, http, admin) = config_head("t");
     let refs: Vec<&Backend> = backends.iter().collect();
-    let config = format!(
-        "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        shard_pool("shards", &refs)
-    );
+    let (config, http, admin) = sticky_config("", &refs);
     let sg = std::sync::Arc::new(Shardgate::start(&config, http, admin));
 
     // Open all tunnels, half of them with a first frame racing the 101.
@@ -186,11 +193,7 @@ async fn five_hundred_concurrent_tunnels_stay_open_on_their_rooms_shard() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_timeout_follows_config_not_pingoras_default() {
     let backend = Backend::start("shard-0").await;
-    let (head, http, admin) = config_head("t");
-    let config = format!(
-        "{head}[timeouts]\ntunnel = \"2s\"\n\n{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        shard_pool("shards", &[&backend])
-    );
+    let (config, http, admin) = sticky_config("[timeouts]\ntunnel = \"2s\"\n\n", &[&backend]);
     let sg = Shardgate::start(&config, http, admin);
     // Traffic every second keeps a tunnel open past its 2 s inactivity timeout.
     let mut busy = open(&sg, "a", None).await;
@@ -216,11 +219,7 @@ async fn tunnel_timeout_follows_config_not_pingoras_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_the_shard_keeps_talking_on_is_not_idle() {
     let backend = Backend::start("shard-0").await;
-    let (head, http, admin) = config_head("t");
-    let config = format!(
-        "{head}[timeouts]\ntunnel = \"2s\"\n\n{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        shard_pool("shards", &[&backend])
-    );
+    let (config, http, admin) = sticky_config("[timeouts]\ntunnel = \"2s\"\n\n", &[&backend]);
     let sg = Shardgate::start(&config, http, admin);
     // The client never writes; the shard's messages alone keep the tunnel open past 2 s.
     let mut ws = open_at(&sg, "/push", "a", None).await;
@@ -236,11 +235,7 @@ async fn a_tunnel_the_shard_keeps_talking_on_is_not_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_upgrade_reaches_the_client_as_the_shards_answer() {
     let backend = Backend::start("shard-0").await;
-    let (head, http, admin) = config_head("t");
-    let config = format!(
-        "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        shard_pool("shards", &[&backend])
-    );
+    let (config, http, admin) = sticky_config("", &[&backend]);
     let sg = Shardgate::start(&config, http, admin);
     let mut tcp = TcpStream::connect(sg.http).await.unwrap();
     let handshake = "GET /refuse?room=r HTTP/1.1\r\nHost: meet.example.com\r\nUpgrade: websocket\r\n\
@@ -280,11 +275,7 @@ async fn a_refused_upgrade_reaches_the_client_as_the_shards_answer() {
 async fn an_upgrade_to_a_dead_shard_is_retried_on_the_next_choice() {
     let live = Backend::start("shard-0").await;
     let dead = Backend::start("shard-1").await;
-    let (head, http, admin) = config_head("t");
-    let config = format!(
-        "{head}{}[[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        shard_pool("shards", &[&live, &dead])
-    );
+    let (config, http, admin) = sticky_config("", &[&live, &dead]);
     let sg = Shardgate::start(&config, http, admin);
     dead.kill();
     // With two equal shards, some of 20 rooms hash to the dead one; every tunnel still opens.
