@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod relay;
 pub mod routing;
 pub mod runtime;
+pub mod sfu;
 pub mod tls;
 
 #[cfg(feature = "server")]

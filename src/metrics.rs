@@ -41,6 +41,8 @@ pub struct Metrics {
     pub media_flows: IntGaugeVec,
     /// Lookups of relay targets, by zone and result (`ok`, `no_records`, `error`).
     pub media_lookups: IntCounterVec,
+    /// The in-process SFU (see `crate::sfu::driver`).
+    pub sfu: SfuMetrics,
 }
 
 impl Metrics {
@@ -151,7 +153,60 @@ impl Metrics {
             "DNS lookups of relay targets by zone and result (ok, no_records, error)",
             &["zone", "result"],
         );
+        let sfu = SfuMetrics {
+            rooms: gauge("shardgate_sfu_rooms", "Rooms open in the SFU", &[])
+                .with_label_values(&[] as &[&str]),
+            peers: gauge(
+                "shardgate_sfu_peers",
+                "Peers in the SFU by role (participant, whip, whep)",
+                &["role"],
+            ),
+            tracks: gauge(
+                "shardgate_sfu_tracks",
+                "Tracks in the SFU: published (in) and being received (out)",
+                &["direction"],
+            ),
+            packets: counter(
+                "shardgate_sfu_rtp_packets_total",
+                "RTP packets received from publishers (in) and sent to subscribers (out)",
+                &["direction"],
+            ),
+            bytes: counter(
+                "shardgate_sfu_rtp_bytes_total",
+                "RTP bytes received from publishers (in) and sent to subscribers (out)",
+                &["direction"],
+            ),
+            drops: counter(
+                "shardgate_sfu_dropped_datagrams_total",
+                "Datagrams the SFU dropped: unknown_session, malformed, send_buffer_full",
+                &["reason"],
+            ),
+            nacks: counter(
+                "shardgate_sfu_nacks_total",
+                "NACKs subscribers sent (retransmissions asked for)",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            keyframe_requests: counter(
+                "shardgate_sfu_keyframe_requests_total",
+                "Keyframe requests (PLI) the SFU sent to publishers",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            peer_faults: counter(
+                "shardgate_sfu_peer_faults_total",
+                "Peers ended by an internal fault (a panic in their session)",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            estimated_bitrate: gauge(
+                "shardgate_sfu_estimated_downlink_bps",
+                "Subscribers' downlink as estimated by congestion control: min, median, max",
+                &["stat"],
+            ),
+        };
         Metrics {
+            sfu,
             registry,
             media_datagrams,
             media_bytes,
@@ -187,6 +242,20 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The SFU's metrics; its driver updates them about once a second from the core's counters.
+pub struct SfuMetrics {
+    pub rooms: IntGauge,
+    pub peers: IntGaugeVec,
+    pub tracks: IntGaugeVec,
+    pub packets: IntCounterVec,
+    pub bytes: IntCounterVec,
+    pub drops: IntCounterVec,
+    pub nacks: prometheus::IntCounter,
+    pub keyframe_requests: prometheus::IntCounter,
+    pub peer_faults: prometheus::IntCounter,
+    pub estimated_bitrate: IntGaugeVec,
 }
 
 /// `2xx`, `4xx`, …; `none` when no response was written.

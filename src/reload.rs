@@ -144,6 +144,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.media != new.media {
         out.push("media".to_owned());
     }
+    if old.sfu != new.sfu {
+        out.push("[sfu]".to_owned());
+    }
     out
 }
 

@@ -64,6 +64,7 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     server.bootstrap();
     let shutdown_delay = config.timeouts.shutdown_delay;
     let media = config.media.clone();
+    let sfu_config = config.sfu.clone();
     for warning in crate::config::media::warnings(&media, crate::config::media::ephemeral_ports()) {
         tracing::warn!("{warning}");
     }
@@ -76,6 +77,10 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     let shared = Shared::new(Runtime::build(config), status);
     shared.upstream_tls.store(Arc::new(identities));
     crate::relay::driver::start(&media, shared.clone(), &zone_targets)?;
+    if let Some(sfu) = &sfu_config {
+        let handle = crate::sfu::driver::start(sfu, shared.clone())?;
+        let _ = shared.sfu.set(crate::sfu::http::SfuService::new(handle));
+    }
     let signal_shared = shared.clone();
 
     let mut proxy = Service::new(

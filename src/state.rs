@@ -24,6 +24,8 @@ pub struct Shared {
     pub upstream_tls: ArcSwap<HashMap<String, Arc<crate::proxy::upstream_tls::Identity>>>,
     /// The TLS listeners' certificates, reloaded when their files change.
     pub certs: Mutex<Vec<Arc<crate::tls::CertStore>>>,
+    /// The in-process SFU, when the process started with `[sfu]`.
+    pub sfu: std::sync::OnceLock<crate::sfu::http::SfuService>,
     epoch: Instant,
 }
 
@@ -35,6 +37,7 @@ impl Shared {
             generation: tokio::sync::watch::Sender::new(0),
             reload: Mutex::new(status),
             certs: Mutex::new(Vec::new()),
+            sfu: std::sync::OnceLock::new(),
             upstream_tls: ArcSwap::from_pointee(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicI64::new(0),

@@ -549,6 +549,53 @@ shard = { pool = "shards" }
     }
 
     #[test]
+    fn the_sfu_section_is_checked() {
+        let with = |extra: &str| {
+            parse_env(&format!("{GOOD}\n{extra}"))
+                .map(|_| ())
+                .map_err(|e| {
+                    e.0.iter()
+                        .map(|e| format!("{}: {}", e.path, e.message))
+                        .collect::<Vec<_>>()
+                })
+        };
+        let route = "[[route]]\npath_prefix = \"/meet\"\nsfu = true\n";
+        assert_eq!(
+            with(&format!("[sfu]\nudp = \"127.0.0.1:10000\"\n{route}")),
+            Ok(())
+        );
+        assert_eq!(
+            with(&format!(
+                "[sfu]\nudp = \"0.0.0.0:10000\"\npublic_ip = \"203.0.113.7\"\n{route}"
+            )),
+            Ok(())
+        );
+        let errs = with(route).unwrap_err();
+        assert!(errs[0].contains(".sfu: no [sfu] section"), "{errs:?}");
+        let errs = with("[sfu]\nudp = \"0.0.0.0:10000\"\n").unwrap_err();
+        assert!(
+            errs[0].starts_with("sfu.public_ip: udp = \"0.0.0.0:10000\" binds every address"),
+            "{errs:?}"
+        );
+        let errs = with("[sfu]\nudp = \"127.0.0.1:0\"\nmax_rooms = 0\nmax_peers_per_room = 1\n")
+            .unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        let errs = with(
+            "[sfu]\nudp = \"127.0.0.1:10000\"\n[[route]]\nsfu = true\nrespond = { body = \"x\" }\n",
+        )
+        .unwrap_err();
+        assert!(errs[0].contains("more than one action"), "{errs:?}");
+        let errs = with(
+            "[sfu]\nudp = \"127.0.0.1:30310\"\n[[media.zone]]\nname = \"z\"\nports = \"30300-30399\"\ntarget = \"10.0.0.1:{port}\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            errs[0].starts_with("sfu.udp: port 30310 is in media.zone[0]"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn syntax_errors_all_reported() {
         let errs = parse_env("a = 1\nb = \n[x\nc = 2\n").unwrap_err().0;
         assert!(errs.len() >= 2, "{errs:?}");

@@ -18,3 +18,5 @@ pub use load::{load_file, parse, parse_with_env, DEFAULT_CONFIG};
 pub use model::*;
 pub mod media;
 pub use media::{Media, PortRange, Zone};
+pub mod sfu;
+pub use sfu::Sfu;

@@ -26,6 +26,8 @@ pub struct Config {
     /// The UDP media relay.
     #[serde(default)]
     pub media: super::Media,
+    /// The in-process SFU.
+    pub sfu: Option<super::Sfu>,
 }
 
 /// Where clients connect: plain HTTP, or TLS with HTTP/2 and HTTP/1.1 by ALPN.
@@ -397,6 +399,10 @@ pub struct Route {
     pub instance: Option<InstanceAction>,
     /// A fixed answer from the edge.
     pub respond: Option<Respond>,
+    /// The in-process SFU (`[sfu]`): its meeting page, WebSocket signalling and WHIP/WHEP
+    /// under `path_prefix`.
+    #[serde(default)]
+    pub sfu: bool,
     /// Remove `path_prefix` from the path before forwarding (`/sftd/x` -> `/x`).
     #[serde(default)]
     pub strip_prefix: bool,
@@ -472,7 +478,7 @@ fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+pub(crate) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     parse_addr(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
@@ -497,6 +503,7 @@ impl Config {
             pool: Vec::new(),
             route: Vec::new(),
             media: super::Media::default(),
+            sfu: None,
         }
     }
 
@@ -511,6 +518,7 @@ impl Config {
             "pool" => self.pool = part.pool,
             "route" => self.route = part.route,
             "media" => self.media = part.media,
+            "sfu" => self.sfu = part.sfu,
             _ => {}
         }
     }
@@ -552,6 +560,7 @@ impl Route {
             instance: None,
             strip_prefix: false,
             cors: None,
+            sfu: false,
             respond: Some(Respond {
                 status: ok(),
                 body: String::new(),

@@ -267,11 +267,12 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
             r.instance.is_some(),
             r.pool.is_some(),
             r.respond.is_some(),
+            r.sfu,
         ];
         match actions.iter().filter(|a| **a).count() {
             1 => {}
-            0 => err(at.clone(), "no action; expected one of shard = { pool = … }, instance = { pool = …, segment = … }, pool = \"…\", respond = { … }".into()),
-            _ => err(at.clone(), "more than one action; expected exactly one of shard, instance, pool, respond".into()),
+            0 => err(at.clone(), "no action; expected one of shard = { pool = … }, instance = { pool = …, segment = … }, pool = \"…\", respond = { … }, sfu = true".into()),
+            _ => err(at.clone(), "more than one action; expected exactly one of shard, instance, pool, respond, sfu".into()),
         }
         if let Some(i) = &r.instance {
             if i.segment == 0 {
@@ -328,6 +329,13 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         if let Some(i) = &r.instance {
             pool_ref(format!("{at}.instance.pool"), &i.pool);
         }
+        if r.sfu && c.sfu.is_none() {
+            err(
+                format!("{at}.sfu"),
+                "no [sfu] section; expected one with udp = \"host:port\" for the SFU's media"
+                    .into(),
+            );
+        }
         if let Some(resp) = &r.respond {
             if !(200..=599).contains(&resp.status) {
                 err(
@@ -341,7 +349,32 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         }
     }
     errors.extend(validate_media(c));
+    if let Some(sfu) = &c.sfu {
+        errors.extend(super::sfu::validate(sfu));
+        for (i, z) in c.media.zone.iter().enumerate() {
+            if z.ports.contains(sfu.udp.port())
+                && (z.bind == sfu.udp.ip()
+                    || z.bind.is_unspecified()
+                    || sfu.udp.ip().is_unspecified())
+            {
+                err_at(
+                    &mut errors,
+                    "sfu.udp",
+                    format!(
+                        "port {} is in media.zone[{i}] ({}, {})",
+                        sfu.udp.port(),
+                        z.name,
+                        z.ports
+                    ),
+                );
+            }
+        }
+    }
     errors
+}
+
+fn err_at(errors: &mut Vec<(String, String)>, path: &str, msg: String) {
+    errors.push((path.into(), msg));
 }
 
 /// A DNS name as discovery looks it up (`_http._tcp.web.jitsi.svc.cluster.local.`).

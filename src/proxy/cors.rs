@@ -76,6 +76,7 @@ mod tests {
             instance: None,
             respond: None,
             strip_prefix: false,
+            sfu: false,
             cors: Some(Cors {
                 allow_origin: origins.iter().map(|o| o.to_string()).collect(),
             }),

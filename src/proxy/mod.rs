@@ -358,6 +358,12 @@ impl ProxyHttp for Edge {
                 ctx.pool = Some(*pool);
                 ctx.room = room_key(path, req.uri.query(), *key);
             }
+            Action::Sfu => {
+                let base = route.base().to_owned();
+                crate::sfu::http::serve(session, &base, self.shared.sfu.get()).await?;
+                ctx.runtime = Some(runtime);
+                return Ok(true);
+            }
             Action::Pool(pool) => ctx.pool = Some(*pool),
             Action::Instance { pool, segment } => {
                 let p = &runtime.pools[*pool];

@@ -18,6 +18,8 @@ pub enum Action {
     },
     Pool(usize),
     Respond(Arc<Respond>),
+    /// The in-process SFU's page, signalling and WHIP/WHEP, below the route's prefix.
+    Sfu,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,7 @@ impl CompiledRoute {
     /// `pool_index` resolves a pool name (validation guarantees it exists).
     pub fn new(r: &Route, pool_index: impl Fn(&str) -> usize) -> Self {
         let action = match (&r.shard, &r.pool, &r.respond, &r.instance) {
+            _ if r.sfu => Action::Sfu,
             (Some(s), ..) => Action::Shard {
                 pool: pool_index(&s.pool),
                 key: s.key,
@@ -60,6 +63,11 @@ impl CompiledRoute {
             strip_prefix: r.strip_prefix,
             cors: r.cors.clone().map(Arc::new),
         }
+    }
+
+    /// The route's path prefix without its trailing `/` (`""` for `/`).
+    pub fn base(&self) -> &str {
+        self.prefix.trim_end_matches('/')
     }
 
     /// The path to forward: without the prefix when the route strips it.
@@ -130,6 +138,7 @@ mod tests {
             respond: None,
             strip_prefix: false,
             cors: None,
+            sfu: false,
         }
     }
 

@@ -472,3 +472,4 @@ pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     (status, r.text().await.unwrap())
 }
 pub mod dns;
+pub mod webrtc;

@@ -1,0 +1,25 @@
+//! The in-process SFU for small deployments: WebRTC rooms on str0m, one UDP port for every
+//! peer (ICE-lite), signalling over the edge's own routes.
+//!
+//! - `core`: rooms, peers and forwarding, sans-IO (time passed in), with `demux` (which peer a
+//!   datagram is for, in O(1)), `layers` (simulcast layer choice) and `forward`.
+//! - `signal`: the WebSocket JSON protocol.
+//! - `driver`: the SFU's thread and socket; `http` and `ws`: its page, signalling and WHIP/WHEP
+//!   behind a route with `sfu = true`.
+
+pub mod core;
+pub mod demux;
+#[cfg(feature = "server")]
+pub mod driver;
+mod forward;
+#[cfg(feature = "server")]
+pub mod http;
+pub mod layers;
+pub mod peer;
+pub mod signal;
+#[cfg(feature = "server")]
+mod ws;
+
+pub use self::core::{Core, Counters, JoinError, Output, Settings, SignalError};
+pub use demux::PeerId;
+pub use peer::Role;
