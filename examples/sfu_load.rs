@@ -4,7 +4,7 @@
 //! counts the frames it receives from each room-mate.
 //!
 //! ```text
-//! cargo run --release --example sfu_load -- --url ws://127.0.0.1:8080/ws --participants 40 --seconds 10
+//! cargo run --release --example sfu_load -- --url ws://127.0.0.1:8080/ws --participants 40 --seconds 10 [--rooms NAME]
 //! ```
 //!
 //! Prints one line: `participants=N sent=… expected=… received=… loss=…%` (frames, over the
@@ -52,6 +52,7 @@ fn main() {
         .expect("--participants N");
     let seconds: u64 = arg("--seconds", "10").parse().expect("--seconds S");
     let threads: usize = arg("--threads", "1").parse().expect("--threads N");
+    let rooms = arg("--rooms", "load");
     let warmup = Duration::from_secs(4);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -65,7 +66,7 @@ fn main() {
         let end = start + warmup + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
         for i in 0..participants {
-            let room = format!("load-{}", i / ROOM_SIZE);
+            let room = format!("{rooms}-{}", i / ROOM_SIZE);
             let url = format!("{url}?room={room}");
             let totals = totals.clone();
             let measuring = measuring.clone();

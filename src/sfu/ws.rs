@@ -124,9 +124,14 @@ pub async fn serve(
         let _ = signalling.ws.flush();
         let out = std::mem::take(&mut signalling.ws.get_mut().outgoing);
         if !out.is_empty() {
-            session
+            if let Err(e) = session
                 .write_response_body(Some(Bytes::from(out)), false)
-                .await?;
+                .await
+            {
+                // The client went away; its peer leaves below like any other.
+                debug!(error = %e, "signalling connection ended");
+                break;
+            }
         }
         if signalling.closing {
             break;

@@ -87,7 +87,7 @@ printf '%-12s %10s %9s %9s %12s %14s %13s\n' participants loss_% sfu_cpu load_cp
 best_parts=0 best_cpu=0 best_pps=0 limit="the last step"
 for n in $STEPS; do
     taskset -c "$LOAD_CPU" "$LOAD" --url "ws://127.0.0.1:$HTTP_PORT/ws" --participants "$n" \
-        --seconds "$SECONDS_PER_STEP" > "$TMP/load.out" 2> "$TMP/load.err" &
+        --seconds "$SECONDS_PER_STEP" --rooms "step$n" > "$TMP/load.out" 2> "$TMP/load.err" &
     LOAD_PID=$!
     sleep $((WARMUP + 1))
     t0=$(date +%s.%N) s0=$(sfu_ticks) l0=$(proc_ticks "$LOAD_PID") p0=$(packets_out)
@@ -98,6 +98,8 @@ for n in $STEPS; do
     line=$(cat "$TMP/load.out")
     loss=$(sed -n 's/.*loss=\([0-9.]*\)%.*/\1/p' <<< "$line")
     [ -n "$loss" ] || { echo "load failed: $(head -3 "$TMP/load.err")"; loss=100; }
+    [ -s "$TMP/load.err" ] && echo "# load generator: $(sort "$TMP/load.err" | uniq -c | head -3)"
+    echo "# $line"
     read -r sfu_cpu load_cpu pps per_core per_vcpu < <(awk -v t0="$t0" -v t1="$t1" -v s0="$s0" -v s1="$s1" \
         -v l0="$l0" -v l1="$l1" -v p0="$p0" -v p1="$p1" -v hz="$hz" -v n="$n" 'BEGIN {
             dt = t1 - t0; sc = (s1 - s0) / hz / dt; lc = (l1 - l0) / hz / dt; pps = (p1 - p0) / dt
