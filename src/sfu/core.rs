@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
-use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::change::SdpOffer;
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::media::{MediaData, MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
@@ -113,7 +113,7 @@ pub struct Core {
     pub(super) peers: HashMap<PeerId, Peer>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
-    out: VecDeque<Output>,
+    pub(super) out: VecDeque<Output>,
     pub(super) props: VecDeque<Prop>,
     pub(super) dirty: Vec<PeerId>,
     next_id: PeerId,
@@ -241,81 +241,33 @@ impl Core {
         }
     }
 
-    /// A participant's own offer (it changed its tracks); returns the answer.
-    pub fn offer(&mut self, id: PeerId, sdp: &str, now: Instant) -> Result<String, SignalError> {
-        let peer = self.peers.get_mut(&id).ok_or(SignalError::NoPeer)?;
-        if peer.role != Role::Participant {
-            return Err(SignalError::NotRenegotiable(peer.role.label()));
-        }
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::Sdp(e.to_string()))?;
-        // Glare: the client's offer wins; ours is dropped and made again after this one.
-        peer.pending = None;
-        for t in &mut peer.tracks_out {
-            t.state = match t.state {
-                OutState::Negotiating(_) => OutState::ToOpen,
-                OutState::Stopping(m) => OutState::ToStop(m),
-                s => s,
-            };
-        }
-        let result = catch_unwind(AssertUnwindSafe(|| peer.rtc.sdp_api().accept_offer(offer)));
-        let answer = match result {
-            Ok(Ok(a)) => a.to_sdp_string(),
-            Ok(Err(e)) => return Err(SignalError::Sdp(e.to_string())),
-            Err(_) => {
-                self.fault(id);
-                self.settle(now);
-                return Err(SignalError::NoPeer);
-            }
-        };
-        self.dirty.push(id);
-        self.settle(now);
-        Ok(answer)
-    }
-
-    /// A participant's answer to the SFU's last offer.
-    pub fn answer(&mut self, id: PeerId, sdp: &str, now: Instant) -> Result<(), SignalError> {
-        let peer = self.peers.get_mut(&id).ok_or(SignalError::NoPeer)?;
-        let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::Sdp(e.to_string()))?;
-        let pending = peer.pending.take().ok_or(SignalError::NoPendingOffer)?;
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            peer.rtc.sdp_api().accept_answer(pending, answer)
-        }));
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(SignalError::Sdp(e.to_string())),
-            Err(_) => {
-                self.fault(id);
-                self.settle(now);
-                return Err(SignalError::NoPeer);
-            }
-        }
-        let connected = peer.connected;
-        let mut wanted = Vec::new();
-        peer.tracks_out.retain_mut(|t| match t.state {
-            OutState::Negotiating(m) => {
-                if t.source.is_none() {
-                    t.state = OutState::ToStop(m);
-                } else {
-                    t.state = OutState::Open(m);
-                    wanted.extend(t.source.filter(|_| connected));
-                }
-                true
-            }
-            OutState::Stopping(_) => false,
-            _ => true,
-        });
-        for (publisher, mid) in wanted {
-            self.props.push_back(Prop::Keyframe(publisher, mid, None));
-        }
-        self.dirty.push(id);
-        self.settle(now);
-        Ok(())
-    }
-
     /// A datagram that arrived on the SFU's port. `false`: dropped (no peer claims it, or it
     /// does not parse), and counted.
     pub fn handle_datagram(&mut self, source: SocketAddr, data: &[u8], now: Instant) -> bool {
+        let handled = self.receive(source, data, now);
+        self.settle(now);
+        handled
+    }
+
+    /// Datagrams that arrived together (one receive batch): each is handed to its peer and
+    /// what it carries written to the subscribers at once, but each subscriber is polled only
+    /// once, after the batch (its packets then leave together). Returns how many were dropped.
+    pub fn handle_datagrams<'a>(
+        &mut self,
+        datagrams: impl IntoIterator<Item = (SocketAddr, &'a [u8])>,
+        now: Instant,
+    ) -> usize {
+        let dropped = datagrams
+            .into_iter()
+            .filter(|(source, data)| !self.receive(*source, data, now))
+            .count();
+        self.settle(now);
+        dropped
+    }
+
+    /// One datagram to its peer; the peer is drained and what it asks of others applied, but
+    /// the others are left to the next `settle`.
+    fn receive(&mut self, source: SocketAddr, data: &[u8], now: Instant) -> bool {
         let Some(id) = self.demux.route(source, data) else {
             self.counters.dropped_unknown += 1;
             return false;
@@ -349,7 +301,6 @@ impl Core {
             }
             Err(_) => {
                 self.fault(id);
-                self.settle(now);
                 return false;
             }
         }
@@ -364,8 +315,10 @@ impl Core {
                 }
             }
         }
-        self.dirty.push(id);
-        self.settle(now);
+        self.drain(id, now);
+        while let Some(p) = self.props.pop_front() {
+            self.apply(p, now);
+        }
         true
     }
 
@@ -448,7 +401,7 @@ impl Core {
 
     /// Applies what drained peers asked of others, offers what changed, and drains every peer
     /// touched, until nothing is left to do.
-    fn settle(&mut self, now: Instant) {
+    pub(super) fn settle(&mut self, now: Instant) {
         loop {
             while let Some(p) = self.props.pop_front() {
                 self.apply(p, now);
@@ -567,50 +520,6 @@ impl Core {
             }
             Event::Closed => self.remove(id, Some("WebRTC session closed".into())),
             _ => {}
-        }
-    }
-
-    /// Offers a participant the tracks that came or went since its last negotiation.
-    fn negotiate(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(&id) else {
-            return;
-        };
-        if peer.role != Role::Participant || peer.pending.is_some() {
-            return;
-        }
-        let mut api = peer.rtc.sdp_api();
-        for t in &mut peer.tracks_out {
-            match (t.state, t.source) {
-                (OutState::ToOpen, Some((publisher, mid))) => {
-                    let stream = publisher.to_string();
-                    let track = format!("{publisher}-{mid}");
-                    let new = api.add_media(
-                        t.kind,
-                        str0m::media::Direction::SendOnly,
-                        Some(stream),
-                        Some(track),
-                        None,
-                    );
-                    t.state = OutState::Negotiating(new);
-                }
-                (OutState::ToStop(m), _) => {
-                    api.stop_media(m);
-                    t.state = OutState::Stopping(m);
-                }
-                _ => {}
-            }
-        }
-        if !api.has_changes() {
-            return;
-        }
-        if let Some((offer, pending)) = api.apply() {
-            peer.pending = Some(pending);
-            self.out.push_back(Output::Signal {
-                peer: id,
-                message: ServerMessage::Offer {
-                    sdp: offer.to_sdp_string(),
-                },
-            });
         }
     }
 

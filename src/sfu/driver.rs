@@ -1,7 +1,7 @@
 //! The SFU's I/O: a thread of its own (media never waits behind HTTP work) with a
-//! single-threaded tokio runtime, the one UDP socket (batched receive with recvmmsg and GRO),
-//! the core's deadline, and the commands signalling sends it. Signalling talks to it through an
-//! [`SfuHandle`].
+//! single-threaded tokio runtime, the one UDP socket (batched receive with recvmmsg and GRO,
+//! batched sends with sendmmsg), the core's deadline, and the commands signalling sends it.
+//! Signalling talks to it through an [`SfuHandle`].
 
 use super::core::{Core, Counters, JoinError, Output, Settings, SignalError};
 use super::demux::PeerId;
@@ -10,9 +10,12 @@ use super::signal::ServerMessage;
 use crate::config::Sfu;
 use crate::metrics::SfuMetrics;
 use crate::state::Shared;
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use nix::errno::Errno;
+use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+use quinn_udp::{RecvMeta, UdpSocketState, BATCH_SIZE};
 use std::collections::HashMap;
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::Interest;
@@ -25,6 +28,8 @@ const MAX_BURST: usize = 64 * 1024;
 /// Socket buffers: a few hundred milliseconds of media for a few hundred peers.
 const SOCKET_BUFFER: usize = 4 << 20;
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// Datagrams per sendmmsg.
+const SEND_BATCH: usize = 64;
 
 /// What the SFU tells a peer's signalling.
 #[derive(Debug)]
@@ -182,7 +187,10 @@ struct Driver {
     state: UdpSocketState,
     notes: HashMap<PeerId, mpsc::UnboundedSender<Note>>,
     metrics: Flushed,
+    /// Datagrams the socket's send buffer had no room for.
     send_full: u64,
+    /// Datagrams to send at the end of this turn, batched.
+    outbox: Vec<(SockaddrStorage, Vec<u8>)>,
 }
 
 async fn run(
@@ -199,6 +207,7 @@ async fn run(
         notes: HashMap::new(),
         metrics: Flushed::default(),
         send_full: 0,
+        outbox: Vec::new(),
     };
     let mut buf = vec![0u8; MAX_BURST * BATCH_SIZE];
     let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
@@ -245,12 +254,12 @@ impl Driver {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             };
-            let now = Instant::now();
-            for (m, slice) in meta[..n].iter().zip(&slices) {
-                for datagram in slice[..m.len].chunks(m.stride.max(1)) {
-                    self.core.handle_datagram(m.addr, datagram, now);
-                }
-            }
+            let datagrams = meta[..n].iter().zip(&slices).flat_map(|(m, slice)| {
+                slice[..m.len]
+                    .chunks(m.stride.max(1))
+                    .map(move |d| (m.addr, d))
+            });
+            self.core.handle_datagrams(datagrams, Instant::now());
             self.flush();
         }
         Ok(())
@@ -298,22 +307,9 @@ impl Driver {
                 Output::Transmit {
                     destination,
                     contents,
-                } => {
-                    let t = Transmit {
-                        destination,
-                        ecn: None,
-                        contents: &contents,
-                        segment_size: None,
-                        src_ip: None,
-                    };
-                    match self.state.try_send((&self.io).into(), &t) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            self.send_full += 1;
-                        }
-                        Err(e) => warn!(error = %e, to = %destination, "SFU send failed"),
-                    }
-                }
+                } => self
+                    .outbox
+                    .push((SockaddrStorage::from(destination), contents)),
                 Output::Signal { peer, message } => {
                     if let Some(n) = self.notes.get(&peer) {
                         let _ = n.send(Note::Message(message));
@@ -326,6 +322,36 @@ impl Driver {
                 }
             }
         }
+        self.send_outbox();
+    }
+
+    /// Sends the datagrams collected by `flush`, up to [`SEND_BATCH`] per sendmmsg. What the
+    /// socket buffer cannot take is dropped and counted.
+    fn send_outbox(&mut self) {
+        for chunk in self.outbox.chunks(SEND_BATCH) {
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|(_, d)| [IoSlice::new(d)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk.iter().map(|(a, _)| Some(*a)).collect();
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(chunk.len(), None);
+            let sent = sendmmsg(
+                self.io.as_raw_fd(),
+                &mut headers,
+                &slices,
+                &addrs,
+                [],
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map(|r| r.count());
+            match sent {
+                Ok(n) => self.send_full += (chunk.len() - n) as u64,
+                Err(Errno::EAGAIN) => self.send_full += chunk.len() as u64,
+                Err(e) => {
+                    warn!(error = %e, "SFU send failed");
+                    self.send_full += chunk.len() as u64;
+                }
+            }
+        }
+        self.outbox.clear();
     }
 }
 

@@ -2,7 +2,8 @@
 //! peer (ICE-lite), signalling over the edge's own routes.
 //!
 //! - `core`: rooms, peers and forwarding, sans-IO (time passed in), with `demux` (which peer a
-//!   datagram is for, in O(1)), `layers` (simulcast layer choice) and `forward`.
+//!   datagram is for, in O(1)), `layers` (simulcast layer choice), `forward` (media, keyframe
+//!   requests) and `negotiate` (SDP offers and answers with participants).
 //! - `signal`: the WebSocket JSON protocol.
 //! - `driver`: the SFU's thread and socket; `http` and `ws`: its page, signalling and WHIP/WHEP
 //!   behind a route with `sfu = true`.
@@ -15,6 +16,7 @@ mod forward;
 #[cfg(feature = "server")]
 pub mod http;
 pub mod layers;
+mod negotiate;
 pub mod peer;
 pub mod signal;
 #[cfg(feature = "server")]
