@@ -45,7 +45,7 @@ fn main() {
 
     let started = Instant::now();
     for room in &rooms {
-        pool.choose_for_room(&members, room, 0, &[]).unwrap();
+        pool.choose_for_room(&members, room, (0, 0), &[]).unwrap();
     }
     let new = started.elapsed();
     println!("stick table entries: {}", pool.stick.len());
@@ -54,7 +54,7 @@ fn main() {
     let mut checksum = 0usize;
     for room in rooms.iter().rev() {
         checksum += pool
-            .choose_for_room(&members, room, 0, &[])
+            .choose_for_room(&members, room, (0, 0), &[])
             .unwrap()
             .index();
     }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod peers;
 pub mod relay;
 pub mod routing;
 pub mod runtime;

@@ -57,7 +57,7 @@ impl Edge {
         let exclude: &[usize] = ctx.failed.as_slice();
         let index = match &ctx.room {
             Some(room) => pool
-                .choose_for_room(&members, room, now, exclude)
+                .choose_for_room(&members, room, (now, crate::routing::unix_ms()), exclude)
                 .map(|choice| {
                     if let Choice::Moved(_) = choice {
                         self.shared

@@ -13,4 +13,4 @@ pub use instance::{find_instance, path_segment};
 pub use pool::{AgentState, Choice, Members, Pool, Shard, ShardState};
 pub use room::room_key;
 pub use route::{Action, CompiledRoute, RouteTable};
-pub use sticky::{hrw_pick, name_seed, StickTable};
+pub use sticky::{hrw_pick, name_seed, unix_ms, Merged, Placement, StickTable};

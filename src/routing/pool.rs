@@ -357,9 +357,10 @@ impl Pool {
         };
         drop(new_members);
         let members = Members::new(shards);
-        for (room, shard) in old.stick.entries() {
-            if members.get(&shard).is_some() {
-                self.stick.insert(&room, shard);
+        for (room, placement) in old.stick.entries() {
+            if members.get(&placement.shard).is_some() {
+                self.stick
+                    .insert(&room, placement.shard, placement.placed_at_ms);
             }
         }
         self.members.store(Arc::new(members));
@@ -368,12 +369,12 @@ impl Pool {
 
     /// The shard for `room`: where it is stuck if that shard is up (draining or not), else the
     /// rendezvous choice among shards that are up, not draining and not in `exclude`, which is
-    /// then remembered. `None` when no shard can take the room.
+    /// then remembered as placed at `unix_ms`. `None` when no shard can take the room.
     pub fn choose_for_room(
         &self,
         members: &Members,
         room: &str,
-        now_ms: u64,
+        (now_ms, unix_ms): (u64, u64),
         exclude: &[usize],
     ) -> Option<Choice> {
         let stuck = self.stick.get(room);
@@ -391,7 +392,8 @@ impl Pool {
             .collect();
         let uniform = candidates.windows(2).all(|w| w[0].2 == w[1].2);
         let i = hrw_pick(room, candidates.into_iter(), uniform)?;
-        self.stick.insert(room, members.shards[i].name.clone());
+        self.stick
+            .insert(room, members.shards[i].name.clone(), unix_ms);
         Some(match stuck {
             Some(_) => Choice::Moved(i),
             None => Choice::New(i),
@@ -483,7 +485,7 @@ mod tests {
 
     fn room_shard(p: &Pool, room: &str, now: u64) -> Option<String> {
         let m = p.members.load();
-        p.choose_for_room(&m, room, now, &[])
+        p.choose_for_room(&m, room, (now, 0), &[])
             .map(|c| m.shards[c.index()].name.to_string())
     }
 
@@ -537,8 +539,8 @@ mod tests {
         let mut p = pool(3);
         p.stick = StickTable::new(Duration::from_millis(300), 100);
         let m = p.members.load();
-        p.choose_for_room(&m, "busy", 0, &[]);
-        p.choose_for_room(&m, "quiet", 0, &[]);
+        p.choose_for_room(&m, "busy", (0, 0), &[]);
+        p.choose_for_room(&m, "quiet", (0, 0), &[]);
         p.tunnel_opened("busy");
         p.tunnel_opened("busy");
         p.tunnel_closed("busy");

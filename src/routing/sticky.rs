@@ -58,11 +58,48 @@ pub fn hrw_pick(
     best.map(|(index, ..)| index)
 }
 
-/// Room key -> shard name, forgotten after `ttl` without traffic, bounded to `capacity`
+/// Milliseconds since the Unix epoch: placement times are compared between replicas.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a room lives, and since when (Unix milliseconds): replicas that placed one room on
+/// two shards at once keep the same one (see [`Placement::wins_over`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub shard: Arc<str>,
+    pub placed_at_ms: u64,
+}
+
+impl Placement {
+    /// Whether this placement of a room wins over `other`, the same way on every replica: the
+    /// earlier one (a room stays where it went first), and at the same millisecond the lower
+    /// shard name.
+    pub fn wins_over(&self, other: &Placement) -> bool {
+        (self.placed_at_ms, &*self.shard) < (other.placed_at_ms, &*other.shard)
+    }
+}
+
+/// What merging another replica's placement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merged {
+    /// The room was unknown here.
+    New,
+    /// Same shard: the entry's idle timer restarted (and the earlier time kept).
+    Refreshed,
+    /// The other placement won: the room's requests go to its shard from now on.
+    Replaced,
+    /// This replica's placement won; the other replica replaces its own when it hears of it.
+    Kept,
+}
+
+/// Room key -> placement, forgotten after `ttl` without traffic, bounded to `capacity`
 /// entries (least useful evicted first). Lookups refresh the idle timer.
 #[derive(Clone)]
 pub struct StickTable {
-    cache: Cache<Arc<str>, Arc<str>>,
+    cache: Cache<Arc<str>, Placement>,
 }
 
 impl StickTable {
@@ -77,11 +114,51 @@ impl StickTable {
 
     /// The shard `room` is stuck to; refreshes the entry's idle timer.
     pub fn get(&self, room: &str) -> Option<Arc<str>> {
+        self.cache.get(room).map(|p| p.shard)
+    }
+
+    /// Where `room` is stuck, and since when; refreshes the entry's idle timer.
+    pub fn placement(&self, room: &str) -> Option<Placement> {
         self.cache.get(room)
     }
 
-    pub fn insert(&self, room: &str, shard: Arc<str>) {
-        self.cache.insert(Arc::from(room), shard);
+    /// Places `room` on `shard` now (`placed_at_ms`, Unix milliseconds).
+    pub fn insert(&self, room: &str, shard: Arc<str>, placed_at_ms: u64) {
+        self.cache.insert(
+            Arc::from(room),
+            Placement {
+                shard,
+                placed_at_ms,
+            },
+        );
+    }
+
+    /// Takes another replica's placement of `room`, keeping whichever wins.
+    pub fn merge(&self, room: &str, theirs: Placement) -> Merged {
+        let key: Arc<str> = Arc::from(room);
+        let mut merged = Merged::New;
+        self.cache
+            .entry(key)
+            .and_upsert_with(|current| match current {
+                None => theirs,
+                Some(entry) => {
+                    let ours = entry.into_value();
+                    if ours.shard == theirs.shard {
+                        merged = Merged::Refreshed;
+                        Placement {
+                            placed_at_ms: ours.placed_at_ms.min(theirs.placed_at_ms),
+                            shard: ours.shard,
+                        }
+                    } else if theirs.wins_over(&ours) {
+                        merged = Merged::Replaced;
+                        theirs
+                    } else {
+                        merged = Merged::Kept;
+                        ours
+                    }
+                }
+            });
+        merged
     }
 
     /// Number of entries (approximate while writes are pending).
@@ -94,19 +171,19 @@ impl StickTable {
         self.len() == 0
     }
 
-    /// Every entry; walks the whole table (reloads and the admin API only).
-    pub fn entries(&self) -> Vec<(Arc<str>, Arc<str>)> {
+    /// Every entry; walks the whole table (reloads, full syncs and the admin API only).
+    pub fn entries(&self) -> Vec<(Arc<str>, Placement)> {
         self.cache
             .iter()
-            .map(|(room, shard)| ((*room).clone(), shard))
+            .map(|(room, placement)| ((*room).clone(), placement))
             .collect()
     }
 
     /// Rooms per shard name; walks the whole table, for the admin API only.
     pub fn rooms_per_shard(&self) -> HashMap<Arc<str>, u64> {
         let mut counts = HashMap::new();
-        for (_, shard) in self.cache.iter() {
-            *counts.entry(shard).or_insert(0) += 1;
+        for (_, placement) in self.cache.iter() {
+            *counts.entry(placement.shard).or_insert(0) += 1;
         }
         counts
     }
@@ -235,11 +312,37 @@ mod tests {
     #[test]
     fn stick_table_remembers_and_counts() {
         let t = StickTable::new(Duration::from_secs(60), 100);
-        t.insert("a", Arc::from("shard-0"));
-        t.insert("b", Arc::from("shard-0"));
-        t.insert("c", Arc::from("shard-1"));
+        t.insert("a", Arc::from("shard-0"), 1);
+        t.insert("b", Arc::from("shard-0"), 1);
+        t.insert("c", Arc::from("shard-1"), 1);
         assert_eq!(t.get("a").as_deref(), Some("shard-0"));
         assert_eq!(t.len(), 3);
         assert_eq!(t.rooms_per_shard()[&Arc::<str>::from("shard-0")], 2);
+    }
+
+    #[test]
+    fn merging_keeps_the_first_placement_everywhere() {
+        let at = |shard: &str, ms: u64| Placement {
+            shard: Arc::from(shard),
+            placed_at_ms: ms,
+        };
+        let (x, y) = (
+            StickTable::new(Duration::from_secs(60), 100),
+            StickTable::new(Duration::from_secs(60), 100),
+        );
+        // Two replicas place "r" in the same instant on different shards, then hear of each
+        // other's placement: both end on the same one.
+        x.insert("r", Arc::from("shard-b"), 1_000);
+        y.insert("r", Arc::from("shard-a"), 1_000);
+        assert_eq!(x.merge("r", y.placement("r").unwrap()), Merged::Replaced);
+        assert_eq!(y.merge("r", at("shard-b", 1_000)), Merged::Kept);
+        assert_eq!(x.get("r"), y.get("r"));
+        assert_eq!(x.get("r").as_deref(), Some("shard-a"));
+        // A later placement elsewhere (a replica that never saw the room) loses.
+        assert_eq!(x.merge("r", at("shard-new", 5_000)), Merged::Kept);
+        assert_eq!(x.merge("r", at("shard-a", 3_000)), Merged::Refreshed);
+        assert_eq!(x.placement("r").unwrap().placed_at_ms, 1_000);
+        assert_eq!(x.merge("s", at("shard-new", 5_000)), Merged::New);
+        assert_eq!(x.get("s").as_deref(), Some("shard-new"));
     }
 }

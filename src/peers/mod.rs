@@ -1,0 +1,7 @@
+//! Stick-table replication between edge replicas (`[peers]`): every new or refreshed stick
+//! entry goes to every other replica, so a room stays on one shard whichever replica its
+//! participants arrive through.
+//!
+//! - `wire`: the frames replicas exchange, encoded and decoded (pure).
+
+pub mod wire;
