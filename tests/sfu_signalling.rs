@@ -23,6 +23,17 @@ fn ws_url(sg: &Shardgate, room: &str) -> String {
     format!("ws://{}/ws?room={room}", sg.http)
 }
 
+/// POSTs `body` to `path` as `content_type` (WHIP/WHEP).
+async fn post(sg: &Shardgate, path: &str, content_type: &str, body: String) -> reqwest::Response {
+    client()
+        .post(sg.url(path))
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn types(c: &Client) -> Vec<String> {
     c.messages
         .iter()
@@ -165,30 +176,12 @@ async fn whip_publishes_and_whep_watches() {
     let c = client();
     let (mut publisher, offer) = Client::new("obs", true, true, Direction::SendOnly).await;
 
-    let wrong = c
-        .post(sg.url("/whip/show"))
-        .header("content-type", "text/plain")
-        .body(offer.clone())
-        .send()
-        .await
-        .unwrap();
+    let wrong = post(&sg, "/whip/show", "text/plain", offer.clone()).await;
     assert_eq!(wrong.status(), 415);
-    let bad = c
-        .post(sg.url("/whip/show"))
-        .header("content-type", "application/sdp")
-        .body("garbage")
-        .send()
-        .await
-        .unwrap();
+    let bad = post(&sg, "/whip/show", "application/sdp", "garbage".into()).await;
     assert_eq!(bad.status(), 400);
 
-    let resp = c
-        .post(sg.url("/whip/show"))
-        .header("content-type", "application/sdp")
-        .body(offer)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(&sg, "/whip/show", "application/sdp", offer).await;
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["content-type"], "application/sdp");
     let whip_session = resp.headers()["location"].to_str().unwrap().to_owned();
@@ -196,13 +189,7 @@ async fn whip_publishes_and_whep_watches() {
     publisher.accept_answer(&resp.text().await.unwrap());
 
     let (mut viewer, offer) = Client::new("viewer", true, true, Direction::RecvOnly).await;
-    let resp = c
-        .post(sg.url("/whep/show"))
-        .header("content-type", "application/sdp")
-        .body(offer)
-        .send()
-        .await
-        .unwrap();
+    let resp = post(&sg, "/whep/show", "application/sdp", offer).await;
     assert_eq!(resp.status(), 201);
     let whep_session = resp.headers()["location"].to_str().unwrap().to_owned();
     viewer.accept_answer(&resp.text().await.unwrap());

@@ -459,11 +459,7 @@ shard = { pool = "shards" }
                 "shards.list = [",
                 &format!("tls = {{ {tls} }}\nshards.list = ["),
             );
-            parse_env(&text).map(|_| ()).map_err(|e| {
-                e.0.iter()
-                    .map(|e| format!("{}: {}", e.path, e.message))
-                    .collect::<Vec<_>>()
-            })
+            messages(&text)
         };
         assert_eq!(with("server_name = \"shard.test\""), Ok(()));
         assert_eq!(with("verify = \"none\""), Ok(()));
@@ -495,17 +491,18 @@ shard = { pool = "shards" }
         assert_eq!(errs[0].path, "pool[0].health.path", "{errs:?}");
     }
 
+    /// `Ok` for a valid config, else each error as `path: message`.
+    fn messages(text: &str) -> Result<(), Vec<String>> {
+        parse_env(text).map(|_| ()).map_err(|e| {
+            e.0.iter()
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect()
+        })
+    }
+
     #[test]
     fn media_zones_are_checked() {
-        let with = |zones: &str| {
-            parse_env(&format!("{GOOD}\n{zones}"))
-                .map(|_| ())
-                .map_err(|e| {
-                    e.0.iter()
-                        .map(|e| format!("{}: {}", e.path, e.message))
-                        .collect::<Vec<_>>()
-                })
-        };
+        let with = |zones: &str| messages(&format!("{GOOD}\n{zones}"));
         let zone = |name: &str, ports: &str, target: &str| {
             format!("[[media.zone]]\nname = \"{name}\"\nports = \"{ports}\"\n{target}\n")
         };
@@ -550,15 +547,7 @@ shard = { pool = "shards" }
 
     #[test]
     fn the_sfu_section_is_checked() {
-        let with = |extra: &str| {
-            parse_env(&format!("{GOOD}\n{extra}"))
-                .map(|_| ())
-                .map_err(|e| {
-                    e.0.iter()
-                        .map(|e| format!("{}: {}", e.path, e.message))
-                        .collect::<Vec<_>>()
-                })
-        };
+        let with = |extra: &str| messages(&format!("{GOOD}\n{extra}"));
         let route = "[[route]]\npath_prefix = \"/meet\"\nsfu = true\n";
         assert_eq!(
             with(&format!("[sfu]\nudp = \"127.0.0.1:10000\"\n{route}")),

@@ -109,7 +109,7 @@ pub struct Core {
     settings: Settings,
     crypto: Arc<CryptoProvider>,
     cert: DtlsCert,
-    pub(super) rooms: HashMap<String, Vec<PeerId>>,
+    pub(super) rooms: HashMap<Arc<str>, Vec<PeerId>>,
     pub(super) peers: HashMap<PeerId, Peer>,
     demux: Demux,
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
@@ -189,13 +189,14 @@ impl Core {
 
         let id = self.next_id;
         self.next_id += 1;
-        let members = self.rooms.entry(room.to_owned()).or_default();
+        let room: Arc<str> = Arc::from(room);
+        let members = self.rooms.entry(room.clone()).or_default();
         let others = members.clone();
         members.push(id);
         self.demux.add_peer(&ufrag, id);
         let mut peer = Peer {
             id,
-            room: room.to_owned(),
+            room,
             role,
             name: name.clone(),
             rtc,
@@ -282,15 +283,7 @@ impl Core {
             self.counters.rtp_in_bytes += data.len() as u64;
         }
         let destination = self.settings.advertised;
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination,
-                contents,
-            },
-        );
+        let input = udp_input(now, source, destination, contents);
         let Some(peer) = self.peers.get_mut(&id) else {
             return false;
         };
@@ -617,7 +610,18 @@ fn validated(peer: &Peer, source: SocketAddr, destination: SocketAddr, now: Inst
     let Ok(contents) = DatagramRecv::try_from(&DTLS_PROBE[..]) else {
         return false;
     };
-    let probe = Input::Receive(
+    peer.rtc
+        .accepts(&udp_input(now, source, destination, contents))
+}
+
+/// A datagram from `source` to the SFU's advertised address, as str0m input.
+fn udp_input<'a>(
+    now: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    contents: DatagramRecv<'a>,
+) -> Input<'a> {
+    Input::Receive(
         now,
         Receive {
             proto: Protocol::Udp,
@@ -625,8 +629,7 @@ fn validated(peer: &Peer, source: SocketAddr, destination: SocketAddr, now: Inst
             destination,
             contents,
         },
-    );
-    peer.rtc.accepts(&probe)
+    )
 }
 
 impl TrackOut {

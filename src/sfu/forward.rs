@@ -94,7 +94,15 @@ impl Core {
         };
         let keyframe = data.rid.is_some() && data.is_keyframe();
         let mut wanted_layers: Vec<Rid> = Vec::new();
-        for other in self.rooms[&room].clone() {
+        let mut faulted: Vec<PeerId> = Vec::new();
+        // The member list is lent out for the loop (nothing below changes rooms) instead of
+        // copied per frame.
+        let members = self
+            .rooms
+            .get_mut(&room)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for &other in &members {
             if other == publisher {
                 continue;
             }
@@ -137,7 +145,7 @@ impl Core {
                     Ok(Ok(())) => wrote = true,
                     Ok(Err(e)) => tracing::debug!(peer = other, error = %e, "frame not written"),
                     Err(_) => {
-                        self.fault(other);
+                        faulted.push(other);
                         break;
                     }
                 }
@@ -145,6 +153,12 @@ impl Core {
             if wrote {
                 self.dirty.push(other);
             }
+        }
+        if let Some(slot) = self.rooms.get_mut(&room) {
+            *slot = members;
+        }
+        for peer in faulted {
+            self.fault(peer);
         }
         for rid in wanted_layers {
             self.request_keyframe(publisher, data.mid, Some(rid), now);

@@ -93,7 +93,7 @@ impl OutState {
 
 pub struct Peer {
     pub id: PeerId,
-    pub room: String,
+    pub room: std::sync::Arc<str>,
     pub role: Role,
     pub name: Option<String>,
     pub rtc: Rtc,
