@@ -209,6 +209,8 @@ impl Core {
             deadline: None,
             estimate: None,
             nacks_seen: HashMap::new(),
+            #[cfg(test)]
+            panic_on_poll: false,
         };
         for other in &others {
             let o = &self.peers[other];
@@ -418,7 +420,13 @@ impl Core {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
             };
-            let output = match catch_unwind(AssertUnwindSafe(|| peer.rtc.poll_output())) {
+            let output = match catch_unwind(AssertUnwindSafe(|| {
+                #[cfg(test)]
+                if peer.panic_on_poll {
+                    panic!("injected fault (test)");
+                }
+                peer.rtc.poll_output()
+            })) {
                 Ok(Ok(o)) => o,
                 Ok(Err(e)) => {
                     tracing::info!(peer = id, error = %e, "peer's WebRTC session failed");
@@ -642,5 +650,58 @@ impl TrackOut {
             time_offset: 0,
             last_time: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::media::{Direction, MediaKind};
+
+    /// A client's SDP offer with one audio track.
+    fn offer() -> String {
+        let mut rtc = str0m::Rtc::builder().build(Instant::now());
+        rtc.add_local_candidate(Candidate::host("127.0.0.1:5000".parse().unwrap(), "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        api.apply().unwrap().0.to_sdp_string()
+    }
+
+    #[test]
+    fn a_panic_in_one_peer_ends_that_peer_only() {
+        let now = Instant::now();
+        let mut core = Core::new(Settings {
+            advertised: "127.0.0.1:10000".parse().unwrap(),
+            max_rooms: 2,
+            max_peers_per_room: 4,
+        });
+        let (a, _) = core
+            .join("r", Role::Participant, None, &offer(), now)
+            .unwrap();
+        let (b, _) = core
+            .join("r", Role::Participant, None, &offer(), now)
+            .unwrap();
+        while core.poll_output().is_some() {}
+
+        core.peers.get_mut(&a).unwrap().panic_on_poll = true;
+        core.handle_timeout(now + Duration::from_secs(1));
+        core.dirty.push(a);
+        core.settle(now + Duration::from_secs(1));
+
+        assert!(!core.has_peer(a) && core.has_peer(b));
+        assert_eq!(core.counters().peer_panics, 1);
+        let outputs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+        assert!(outputs
+            .iter()
+            .any(|o| matches!(o, Output::Gone { peer, .. } if *peer == a)));
+        assert!(outputs.iter().any(|o| matches!(
+            o,
+            Output::Signal { peer, message: ServerMessage::Peer { event: PeerEvent::Left, .. } } if *peer == b
+        )));
+        // The SFU goes on: the room still has b, and new peers join.
+        assert_eq!(core.rooms(), 1);
+        assert!(core
+            .join("r", Role::Participant, None, &offer(), now)
+            .is_ok());
     }
 }

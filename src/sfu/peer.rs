@@ -113,6 +113,9 @@ pub struct Peer {
     pub estimate: Option<u64>,
     /// NACK totals per outgoing stream at the last stats event (to count new ones).
     pub nacks_seen: HashMap<(Mid, Option<Rid>), u64>,
+    /// Tests: the next poll of this peer's `Rtc` panics.
+    #[cfg(test)]
+    pub panic_on_poll: bool,
 }
 
 impl Peer {
