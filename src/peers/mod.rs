@@ -3,5 +3,7 @@
 //! participants arrive through.
 //!
 //! - `wire`: the frames replicas exchange, encoded and decoded (pure).
+//! - `session`: a connection's handshake: versions, replica ids, proof of the shared secret.
 
+pub mod session;
 pub mod wire;
