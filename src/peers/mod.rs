@@ -4,6 +4,9 @@
 //!
 //! - `wire`: the frames replicas exchange, encoded and decoded (pure).
 //! - `session`: a connection's handshake: versions, replica ids, proof of the shared secret.
+//! - `replicator`: one replica's connections and shared tables: full sync, batched updates,
+//!   merges, one connection per pair (pure).
 
+pub mod replicator;
 pub mod session;
 pub mod wire;

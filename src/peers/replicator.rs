@@ -1,0 +1,370 @@
+//! The replication state of one replica, sans-IO: its connections to the other replicas (each
+//! through the handshake), the stick tables it shares, and what to send where.
+//!
+//! - Every replica dials every other; once a handshake shows both ids, the connection dialled
+//!   by the higher id is closed, so each pair keeps exactly one.
+//! - When a connection opens, each side sends its whole table, then `SyncDone`.
+//! - New placements (and refreshes, at most one per room per quarter of the table's idle time)
+//!   are batched and sent to every open connection at the next `flush`.
+//! - Entries received are merged (see `StickTable::merge`): everyone converges on the same shard.
+
+use super::session::{Handshake, HandshakeError};
+use super::wire::{Entry, Frame, MAX_ENTRIES};
+use crate::routing::{Merged, Placement, StickTable};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A connection, numbered by the driver.
+pub type ConnId = u64;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Send(ConnId, Frame),
+    Close(ConnId, String),
+}
+
+struct Conn {
+    handshake: Handshake,
+    /// This replica dialled it.
+    dialled: bool,
+    /// The other side's whole table has arrived.
+    synced: bool,
+}
+
+/// Running totals for metrics and `/admin/peers`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    /// Received placements that replaced this replica's (a conflict it lost).
+    pub replaced: u64,
+    pub refused: u64,
+}
+
+pub struct Replicator {
+    replica: u64,
+    secret: Arc<[u8]>,
+    tables: HashMap<Arc<str>, StickTable>,
+    conns: HashMap<ConnId, Conn>,
+    pending: Vec<Entry>,
+    totals: Totals,
+}
+
+impl Replicator {
+    pub fn new(replica: u64, secret: Arc<[u8]>) -> Self {
+        Replicator {
+            replica,
+            secret,
+            tables: HashMap::new(),
+            conns: HashMap::new(),
+            pending: Vec::new(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// The pools' stick tables (after a start or reload), by pool name.
+    pub fn set_tables(&mut self, tables: HashMap<Arc<str>, StickTable>) {
+        self.tables = tables;
+    }
+
+    /// A connection is up (`dialled` by this replica or accepted); returns the hello to send.
+    pub fn connected(&mut self, conn: ConnId, dialled: bool, nonce: [u8; 16]) -> Vec<Action> {
+        let (handshake, hello) = Handshake::start(&self.secret, self.replica, nonce);
+        self.conns.insert(
+            conn,
+            Conn {
+                handshake,
+                dialled,
+                synced: false,
+            },
+        );
+        vec![Action::Send(conn, hello)]
+    }
+
+    pub fn disconnected(&mut self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    /// A frame arrived on `conn`.
+    pub fn received(&mut self, conn: ConnId, frame: Frame) -> Vec<Action> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Vec::new();
+        };
+        if !c.handshake.is_open() {
+            return match c.handshake.on_frame(&frame) {
+                Err(e) => self.refuse(conn, e),
+                Ok(reply) => {
+                    let mut out: Vec<Action> =
+                        reply.map(|f| Action::Send(conn, f)).into_iter().collect();
+                    if c.handshake.is_open() {
+                        out.extend(self.opened(conn));
+                    }
+                    out
+                }
+            };
+        }
+        match frame {
+            Frame::Entries(entries) => {
+                self.totals.entries_received += entries.len() as u64;
+                for e in entries {
+                    self.merge(e);
+                }
+                Vec::new()
+            }
+            Frame::SyncDone => {
+                c.synced = true;
+                Vec::new()
+            }
+            Frame::Ping => Vec::new(),
+            Frame::Hello { .. } | Frame::Auth { .. } => {
+                vec![Action::Close(
+                    conn,
+                    "a second handshake on an open connection".into(),
+                )]
+            }
+        }
+    }
+
+    /// A placement made here (a new room, a room moved, or a refresh due).
+    pub fn placed(&mut self, pool: &str, room: &str, p: &Placement) {
+        self.pending.push(Entry {
+            pool: pool.to_owned(),
+            room: room.to_owned(),
+            shard: p.shard.to_string(),
+            placed_at_ms: p.placed_at_ms,
+        });
+    }
+
+    /// Sends what was placed since the last flush to every open connection.
+    pub fn flush(&mut self) -> Vec<Action> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let open: Vec<ConnId> = self.open_conns();
+        let mut out = Vec::new();
+        for chunk in pending.chunks(MAX_ENTRIES) {
+            for conn in &open {
+                self.totals.entries_sent += chunk.len() as u64;
+                out.push(Action::Send(*conn, Frame::Entries(chunk.to_vec())));
+            }
+        }
+        out
+    }
+
+    /// Connections whose handshake finished.
+    pub fn open_conns(&self) -> Vec<ConnId> {
+        let mut v: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshake.is_open())
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Open connections whose other side's whole table has arrived, and all open ones.
+    pub fn synced(&self) -> (usize, usize) {
+        let open = self.conns.values().filter(|c| c.handshake.is_open());
+        let (mut synced, mut all) = (0, 0);
+        for c in open {
+            all += 1;
+            synced += usize::from(c.synced);
+        }
+        (synced, all)
+    }
+
+    /// The replica id on the other end of `conn`, once known.
+    pub fn peer_of(&self, conn: ConnId) -> Option<u64> {
+        self.conns.get(&conn).and_then(|c| c.handshake.peer())
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// The handshake finished: keep one connection per pair, and send our whole table on it.
+    fn opened(&mut self, conn: ConnId) -> Vec<Action> {
+        let c = &self.conns[&conn];
+        let peer = c
+            .handshake
+            .peer()
+            .expect("an open handshake knows its peer");
+        // The lower id's dial is the one kept.
+        if c.dialled != (self.replica < peer) {
+            self.conns.remove(&conn);
+            return vec![Action::Close(
+                conn,
+                "the other direction's connection is kept".into(),
+            )];
+        }
+        let mut entries: Vec<Entry> = Vec::new();
+        for (pool, table) in &self.tables {
+            for (room, p) in table.entries() {
+                entries.push(Entry {
+                    pool: pool.to_string(),
+                    room: room.to_string(),
+                    shard: p.shard.to_string(),
+                    placed_at_ms: p.placed_at_ms,
+                });
+            }
+        }
+        self.totals.entries_sent += entries.len() as u64;
+        let mut out: Vec<Action> = entries
+            .chunks(MAX_ENTRIES)
+            .map(|c| Action::Send(conn, Frame::Entries(c.to_vec())))
+            .collect();
+        out.push(Action::Send(conn, Frame::SyncDone));
+        out
+    }
+
+    fn merge(&mut self, e: Entry) {
+        let Some(table) = self.tables.get(e.pool.as_str()) else {
+            return;
+        };
+        let theirs = Placement {
+            shard: Arc::from(e.shard.as_str()),
+            placed_at_ms: e.placed_at_ms,
+        };
+        if table.merge(&e.room, theirs) == Merged::Replaced {
+            self.totals.replaced += 1;
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, e: HandshakeError) -> Vec<Action> {
+        self.totals.refused += 1;
+        self.conns.remove(&conn);
+        vec![Action::Close(conn, e.to_string())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn replica(id: u64, secret: &[u8]) -> (Replicator, StickTable) {
+        let table = StickTable::new(Duration::from_secs(60), 10_000);
+        let mut r = Replicator::new(id, Arc::from(secret));
+        r.set_tables(HashMap::from([(Arc::from("shards"), table.clone())]));
+        (r, table)
+    }
+
+    /// Delivers actions between two replicas joined by connection `conn` until quiet; returns
+    /// the reasons of closes.
+    fn pump(
+        a: &mut Replicator,
+        b: &mut Replicator,
+        conn: ConnId,
+        mut to_b: Vec<Action>,
+        mut to_a: Vec<Action>,
+    ) -> Vec<String> {
+        let mut closes = Vec::new();
+        while !to_a.is_empty() || !to_b.is_empty() {
+            let mut next_a = Vec::new();
+            let mut next_b = Vec::new();
+            for act in to_b.drain(..) {
+                match act {
+                    Action::Send(_, f) => next_a.extend(b.received(conn, f)),
+                    Action::Close(_, why) => {
+                        closes.push(why);
+                        b.disconnected(conn);
+                    }
+                }
+            }
+            for act in to_a.drain(..) {
+                match act {
+                    Action::Send(_, f) => next_b.extend(a.received(conn, f)),
+                    Action::Close(_, why) => {
+                        closes.push(why);
+                        a.disconnected(conn);
+                    }
+                }
+            }
+            to_b = next_b;
+            to_a = next_a;
+        }
+        closes
+    }
+
+    fn at(shard: &str, ms: u64) -> Placement {
+        Placement {
+            shard: Arc::from(shard),
+            placed_at_ms: ms,
+        }
+    }
+
+    #[test]
+    fn a_new_connection_syncs_both_tables_then_streams_placements() {
+        let (mut a, ta) = replica(1, b"secret-secret-secret");
+        let (mut b, tb) = replica(2, b"secret-secret-secret");
+        ta.insert("old-a", Arc::from("shard-0"), 100);
+        tb.insert("old-b", Arc::from("shard-1"), 100);
+        // a (lower id) dials b.
+        let hello_a = a.connected(7, true, [1; 16]);
+        let hello_b = b.connected(7, false, [2; 16]);
+        let closes = pump(&mut a, &mut b, 7, hello_a, hello_b);
+        assert!(closes.is_empty(), "{closes:?}");
+        assert_eq!(a.synced(), (1, 1));
+        assert_eq!(b.synced(), (1, 1));
+        assert_eq!(ta.get("old-b").as_deref(), Some("shard-1"));
+        assert_eq!(tb.get("old-a").as_deref(), Some("shard-0"));
+
+        ta.insert("new", Arc::from("shard-2"), 200);
+        a.placed("shards", "new", &at("shard-2", 200));
+        let out = a.flush();
+        assert_eq!(out.len(), 1);
+        pump(&mut a, &mut b, 7, out, Vec::new());
+        assert_eq!(tb.get("new").as_deref(), Some("shard-2"));
+        assert!(a.flush().is_empty(), "nothing left to send");
+    }
+
+    #[test]
+    fn concurrent_placements_converge_and_the_loser_follows() {
+        let (mut a, ta) = replica(1, b"k1k1k1k1k1k1k1k1");
+        let (mut b, tb) = replica(2, b"k1k1k1k1k1k1k1k1");
+        let (ha, hb) = (
+            a.connected(1, true, [1; 16]),
+            b.connected(1, false, [2; 16]),
+        );
+        pump(&mut a, &mut b, 1, ha, hb);
+        ta.insert("r", Arc::from("shard-b"), 500);
+        a.placed("shards", "r", &at("shard-b", 500));
+        tb.insert("r", Arc::from("shard-a"), 500);
+        b.placed("shards", "r", &at("shard-a", 500));
+        let (fa, fb) = (a.flush(), b.flush());
+        pump(&mut a, &mut b, 1, fa, fb);
+        assert_eq!(ta.get("r"), tb.get("r"));
+        assert_eq!(ta.get("r").as_deref(), Some("shard-a"));
+        assert_eq!(a.totals().replaced + b.totals().replaced, 1);
+    }
+
+    #[test]
+    fn one_connection_per_pair_and_strangers_are_refused() {
+        let (mut a, _) = replica(1, b"same-secret-1234");
+        let (mut b, _) = replica(2, b"same-secret-1234");
+        // b (higher id) dialled a: that connection is closed once both ids are known.
+        let (ha, hb) = (
+            a.connected(3, false, [1; 16]),
+            b.connected(3, true, [2; 16]),
+        );
+        let closes = pump(&mut a, &mut b, 3, ha, hb);
+        assert_eq!(
+            closes.len(),
+            2,
+            "both ends close it on their own: {closes:?}"
+        );
+        assert!(a.open_conns().is_empty() && b.open_conns().is_empty());
+
+        let (mut c, _) = replica(3, b"other-secret-999");
+        let (ha, hc) = (
+            a.connected(4, true, [5; 16]),
+            c.connected(4, false, [6; 16]),
+        );
+        let closes = pump(&mut a, &mut c, 4, ha, hc);
+        assert!(closes.iter().any(|w| w.contains("proof")), "{closes:?}");
+        assert!(a.open_conns().is_empty() && c.open_conns().is_empty());
+        assert_eq!(a.totals().refused + c.totals().refused, 2);
+    }
+}
