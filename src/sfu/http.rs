@@ -52,6 +52,10 @@ enum Target<'a> {
 }
 
 fn target(rest: &str) -> Target<'_> {
+    // A prefix match inside a segment (`/meeting` for the prefix `/meet`) is not this route's.
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return Target::NotFound;
+    }
     let segments: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     let role = |s: &str| match s {
         "whip" => Some(Role::Publisher),
@@ -293,6 +297,11 @@ mod tests {
         );
         assert_eq!(target("/bad room"), Target::NotFound);
         assert_eq!(target("/a/b"), Target::NotFound);
+        assert_eq!(
+            target("ing"),
+            Target::NotFound,
+            "/meeting under the prefix /meet"
+        );
     }
 
     #[test]
