@@ -7,6 +7,8 @@
 //! - `replicator`: one replica's connections and shared tables: full sync, batched updates,
 //!   merges, one connection per pair (pure).
 
+#[cfg(feature = "server")]
+pub mod driver;
 pub mod replicator;
 pub mod session;
 pub mod wire;

@@ -1,0 +1,247 @@
+//! The replication's I/O (WIP): a listener for other replicas, dials to the listed ones, a
+//! reader and a writer task per connection, and the loop that feeds the [`Replicator`] and
+//! flushes placements every few milliseconds.
+
+use super::replicator::{Action, ConnId, Replicator};
+use super::wire::{decode, encode, Frame};
+use crate::routing::{Placement, StickTable};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+/// Placements are batched this long.
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Replicas not connected are dialled again this often.
+const DIAL_EVERY: Duration = Duration::from_secs(2);
+
+/// A placement made by this replica's proxy.
+pub struct Placed {
+    pub pool: Arc<str>,
+    pub room: Arc<str>,
+    pub placement: Placement,
+}
+
+enum Event {
+    Up {
+        stream: TcpStream,
+        dialled: Option<SocketAddr>,
+    },
+    Frame(ConnId, Frame),
+    Down(ConnId),
+}
+
+/// Runs replication until `placed` closes. `peers` are the other replicas' addresses.
+pub async fn run(
+    listen: TcpListener,
+    peers: Vec<SocketAddr>,
+    replica: u64,
+    secret: Arc<[u8]>,
+    tables: HashMap<Arc<str>, StickTable>,
+    mut placed: mpsc::UnboundedReceiver<Placed>,
+) {
+    let own = listen.local_addr().ok();
+    let mut r = Replicator::new(replica, secret);
+    r.set_tables(tables);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Frame>> = HashMap::new();
+    let mut dialled: HashMap<ConnId, SocketAddr> = HashMap::new();
+    let mut dialling: HashSet<SocketAddr> = HashSet::new();
+    let mut next_conn: ConnId = 1;
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut dial = tokio::time::interval(DIAL_EVERY);
+    loop {
+        let actions = tokio::select! {
+            accepted = listen.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = events_tx.send(Event::Up { stream, dialled: None });
+                    Vec::new()
+                }
+                Err(e) => {
+                    debug!(error = %e, "peer accept failed");
+                    Vec::new()
+                }
+            },
+            event = events.recv() => match event {
+                Some(Event::Up { stream, dialled: to }) => {
+                    let conn = next_conn;
+                    next_conn += 1;
+                    if let Some(addr) = to {
+                        dialling.remove(&addr);
+                        dialled.insert(conn, addr);
+                    }
+                    writers.insert(conn, spawn_conn(conn, stream, events_tx.clone()));
+                    r.connected(conn, to.is_some(), nonce())
+                }
+                Some(Event::Frame(conn, frame)) => r.received(conn, frame),
+                Some(Event::Down(conn)) => {
+                    r.disconnected(conn);
+                    writers.remove(&conn);
+                    dialled.remove(&conn);
+                    Vec::new()
+                }
+                None => return,
+            },
+            p = placed.recv() => match p {
+                Some(p) => {
+                    r.placed(&p.pool, &p.room, &p.placement);
+                    Vec::new()
+                }
+                None => return,
+            },
+            _ = flush.tick() => r.flush(),
+            _ = dial.tick() => {
+                let connected: HashSet<SocketAddr> = dialled.values().copied().collect();
+                for addr in &peers {
+                    if Some(*addr) == own || connected.contains(addr) || !dialling.insert(*addr) {
+                        continue;
+                    }
+                    let tx = events_tx.clone();
+                    let addr = *addr;
+                    tokio::spawn(async move {
+                        match TcpStream::connect(addr).await {
+                            Ok(stream) => {
+                                let _ = tx.send(Event::Up { stream, dialled: Some(addr) });
+                            }
+                            Err(e) => debug!(peer = %addr, error = %e, "peer not reachable"),
+                        }
+                    });
+                }
+                Vec::new()
+            }
+        };
+        for action in actions {
+            match action {
+                Action::Send(conn, frame) => {
+                    if let Some(w) = writers.get(&conn) {
+                        let _ = w.send(frame);
+                    }
+                }
+                Action::Close(conn, why) => {
+                    info!(conn, reason = %why, "peer connection closed");
+                    writers.remove(&conn);
+                }
+            }
+        }
+    }
+}
+
+/// Starts a connection's reader and writer; frames to send go into the returned sender, and
+/// dropping it closes the connection.
+fn spawn_conn(
+    conn: ConnId,
+    stream: TcpStream,
+    events: mpsc::UnboundedSender<Event>,
+) -> mpsc::UnboundedSender<Frame> {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            buf.clear();
+            if encode(&frame, &mut buf).is_err() || wr.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    tokio::spawn(async move {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        'read: loop {
+            let n = match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            pending.extend_from_slice(&chunk[..n]);
+            loop {
+                match decode(&pending) {
+                    Ok(Some((frame, used))) => {
+                        pending.drain(..used);
+                        if events.send(Event::Frame(conn, frame)).is_err() {
+                            break 'read;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(conn, error = %e, "bad peer frame; closing");
+                        break 'read;
+                    }
+                }
+            }
+        }
+        let _ = events.send(Event::Down(conn));
+    });
+    tx
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    getrandom::fill(&mut n).expect("the OS provides randomness");
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    async fn replica(
+        id: u64,
+        listen: TcpListener,
+        peers: Vec<SocketAddr>,
+    ) -> (StickTable, mpsc::UnboundedSender<Placed>) {
+        let table = StickTable::new(Duration::from_secs(60), 1_000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tables = HashMap::from([(Arc::from("shards"), table.clone())]);
+        tokio::spawn(run(
+            listen,
+            peers,
+            id,
+            Arc::from(&b"0123456789abcdef"[..]),
+            tables,
+            rx,
+        ));
+        (table, tx)
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn placements_reach_the_other_replica_and_a_late_one_gets_the_table() {
+        let la = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+        let (ta, pa) = replica(1, la, vec![aa, ab]).await;
+        ta.insert("early", Arc::from("shard-0"), 10);
+        let (tb, _pb) = replica(2, lb, vec![aa, ab]).await;
+        eventually("b's full sync", || tb.get("early").is_some()).await;
+
+        let placement = Placement {
+            shard: Arc::from("shard-1"),
+            placed_at_ms: 20,
+        };
+        ta.insert("live", placement.shard.clone(), 20);
+        pa.send(Placed {
+            pool: Arc::from("shards"),
+            room: Arc::from("live"),
+            placement,
+        })
+        .ok()
+        .unwrap();
+        eventually("the new placement at b", || {
+            tb.get("live").as_deref() == Some("shard-1")
+        })
+        .await;
+    }
+}
