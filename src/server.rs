@@ -65,6 +65,7 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     let shutdown_delay = config.timeouts.shutdown_delay;
     let media = config.media.clone();
     let sfu_config = config.sfu.clone();
+    let peers_config = config.peers.clone();
     for warning in crate::config::media::warnings(&media, crate::config::media::ephemeral_ports()) {
         tracing::warn!("{warning}");
     }
@@ -77,6 +78,10 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     let shared = Shared::new(Runtime::build(config), status);
     shared.upstream_tls.store(Arc::new(identities));
     crate::relay::driver::start(&media, shared.clone(), &zone_targets)?;
+    if let Some(peers) = &peers_config {
+        let tx = crate::peers::driver::start(peers, &shared)?;
+        let _ = shared.peers.set(tx);
+    }
     if let Some(sfu) = &sfu_config {
         let handle = crate::sfu::driver::start(sfu, shared.clone())?;
         let _ = shared.sfu.set(crate::sfu::http::SfuService::new(handle));

@@ -26,6 +26,9 @@ pub struct Shared {
     pub certs: Mutex<Vec<Arc<crate::tls::CertStore>>>,
     /// The in-process SFU, when the process started with `[sfu]`.
     pub sfu: std::sync::OnceLock<crate::sfu::http::SfuService>,
+    /// Where the proxy's new placements go to be replicated, when `[peers]` is set.
+    pub peers:
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::peers::driver::Placed>>,
     epoch: Instant,
 }
 
@@ -38,6 +41,7 @@ impl Shared {
             reload: Mutex::new(status),
             certs: Mutex::new(Vec::new()),
             sfu: std::sync::OnceLock::new(),
+            peers: std::sync::OnceLock::new(),
             upstream_tls: ArcSwap::from_pointee(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicI64::new(0),

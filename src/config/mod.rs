@@ -20,3 +20,5 @@ pub mod media;
 pub use media::{Media, PortRange, Zone};
 pub mod sfu;
 pub use sfu::Sfu;
+pub mod peers;
+pub use peers::Peers;

@@ -28,6 +28,8 @@ pub struct Config {
     pub media: super::Media,
     /// The in-process SFU.
     pub sfu: Option<super::Sfu>,
+    /// Stick-table replication between edge replicas.
+    pub peers: Option<super::Peers>,
 }
 
 /// Where clients connect: plain HTTP, or TLS with HTTP/2 and HTTP/1.1 by ALPN.
@@ -504,6 +506,7 @@ impl Config {
             route: Vec::new(),
             media: super::Media::default(),
             sfu: None,
+            peers: None,
         }
     }
 
@@ -519,6 +522,7 @@ impl Config {
             "route" => self.route = part.route,
             "media" => self.media = part.media,
             "sfu" => self.sfu = part.sfu,
+            "peers" => self.peers = part.peers,
             _ => {}
         }
     }

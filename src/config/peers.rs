@@ -33,7 +33,9 @@ fn ten_s() -> Duration {
 /// Rules serde cannot express, as (key path, message) pairs.
 pub(crate) fn validate(p: &Peers) -> Vec<(String, String)> {
     let mut errors = Vec::new();
-    let sources = usize::from(p.srv.is_some()) + usize::from(p.dns.is_some()) + usize::from(!p.list.is_empty());
+    let sources = usize::from(p.srv.is_some())
+        + usize::from(p.dns.is_some())
+        + usize::from(!p.list.is_empty());
     if sources != 1 {
         errors.push((
             "peers".into(),
@@ -43,11 +45,17 @@ pub(crate) fn validate(p: &Peers) -> Vec<(String, String)> {
     if p.secret.len() < 16 {
         errors.push((
             "peers.secret".into(),
-            format!("{} bytes; expected at least 16 (e.g. from `openssl rand -hex 16`)", p.secret.len()),
+            format!(
+                "{} bytes; expected at least 16 (e.g. from `openssl rand -hex 16`)",
+                p.secret.len()
+            ),
         ));
     }
     if p.listen.port() == 0 {
-        errors.push(("peers.listen".into(), "port 0; expected the port the other replicas dial".into()));
+        errors.push((
+            "peers.listen".into(),
+            "port 0; expected the port the other replicas dial".into(),
+        ));
     }
     if p.sync_wait.is_zero() {
         errors.push(("peers.sync_wait".into(), "must be more than 0s".into()));

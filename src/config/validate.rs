@@ -349,6 +349,9 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         }
     }
     errors.extend(validate_media(c));
+    if let Some(peers) = &c.peers {
+        errors.extend(super::peers::validate(peers));
+    }
     if let Some(sfu) = &c.sfu {
         errors.extend(super::sfu::validate(sfu));
         for (i, z) in c.media.zone.iter().enumerate() {

@@ -33,6 +33,54 @@ enum Event {
     },
     Frame(ConnId, Frame),
     Down(ConnId),
+    /// A dial failed; the address is tried again at the next round.
+    Unreachable(SocketAddr),
+}
+
+/// Binds the peer port (here, so a taken port fails the start) and runs replication on a
+/// thread of its own. WIP: only `list` is supported, and the tables are those of the pools at
+/// start (a reload that rebuilds a pool's table is not followed yet).
+pub fn start(
+    config: &crate::config::Peers,
+    shared: &crate::state::Shared,
+) -> Result<mpsc::UnboundedSender<Placed>, String> {
+    let listen = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| format!("peers: cannot listen on {}: {e}", config.listen))?;
+    listen
+        .set_nonblocking(true)
+        .map_err(|e| format!("peers: {e}"))?;
+    let peers: Vec<SocketAddr> = config.list.iter().filter_map(|a| a.parse().ok()).collect();
+    let tables: HashMap<Arc<str>, StickTable> = shared
+        .runtime
+        .load()
+        .pools
+        .iter()
+        .map(|p| (p.name.clone(), p.stick.clone()))
+        .collect();
+    let secret: Arc<[u8]> = Arc::from(config.secret.as_bytes());
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|e| format!("peers: no randomness: {e}"))?;
+    let replica = u64::from_be_bytes(id);
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("peers".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(error = %e, "peers: no runtime"),
+            };
+            rt.block_on(async move {
+                match TcpListener::from_std(listen) {
+                    Ok(listen) => run(listen, peers, replica, secret, tables, rx).await,
+                    Err(e) => tracing::error!(error = %e, "peers: listener"),
+                }
+            });
+        })
+        .map_err(|e| format!("peers: cannot start its thread: {e}"))?;
+    Ok(tx)
 }
 
 /// Runs replication until `placed` closes. `peers` are the other replicas' addresses.
@@ -51,6 +99,9 @@ pub async fn run(
     let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Frame>> = HashMap::new();
     let mut dialled: HashMap<ConnId, SocketAddr> = HashMap::new();
     let mut dialling: HashSet<SocketAddr> = HashSet::new();
+    // Addresses whose replica (this id) has the lower id and dials us: not dialled while a
+    // connection with that replica is open.
+    let mut yield_to: HashMap<SocketAddr, u64> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut dial = tokio::time::interval(DIAL_EVERY);
@@ -84,6 +135,10 @@ pub async fn run(
                     dialled.remove(&conn);
                     Vec::new()
                 }
+                Some(Event::Unreachable(addr)) => {
+                    dialling.remove(&addr);
+                    Vec::new()
+                }
                 None => return,
             },
             p = placed.recv() => match p {
@@ -96,8 +151,15 @@ pub async fn run(
             _ = flush.tick() => r.flush(),
             _ = dial.tick() => {
                 let connected: HashSet<SocketAddr> = dialled.values().copied().collect();
+                let open_peers: HashSet<u64> =
+                    r.open_conns().into_iter().filter_map(|c| r.peer_of(c)).collect();
                 for addr in &peers {
-                    if Some(*addr) == own || connected.contains(addr) || !dialling.insert(*addr) {
+                    let yielded = yield_to.get(addr).is_some_and(|id| open_peers.contains(id));
+                    if Some(*addr) == own
+                        || connected.contains(addr)
+                        || yielded
+                        || !dialling.insert(*addr)
+                    {
                         continue;
                     }
                     let tx = events_tx.clone();
@@ -107,7 +169,10 @@ pub async fn run(
                             Ok(stream) => {
                                 let _ = tx.send(Event::Up { stream, dialled: Some(addr) });
                             }
-                            Err(e) => debug!(peer = %addr, error = %e, "peer not reachable"),
+                            Err(e) => {
+                                debug!(peer = %addr, error = %e, "peer not reachable");
+                                let _ = tx.send(Event::Unreachable(addr));
+                            }
                         }
                     });
                 }
@@ -123,6 +188,12 @@ pub async fn run(
                 }
                 Action::Close(conn, why) => {
                     info!(conn, reason = %why, "peer connection closed");
+                    writers.remove(&conn);
+                }
+                Action::Duplicate(conn, peer) => {
+                    if let Some(addr) = dialled.get(&conn) {
+                        yield_to.insert(*addr, peer);
+                    }
                     writers.remove(&conn);
                 }
             }

@@ -21,6 +21,8 @@ pub type ConnId = u64;
 pub enum Action {
     Send(ConnId, Frame),
     Close(ConnId, String),
+    /// Close: a duplicate of the connection the other replica (this id) dials.
+    Duplicate(ConnId, u64),
 }
 
 struct Conn {
@@ -194,10 +196,7 @@ impl Replicator {
         // The lower id's dial is the one kept.
         if c.dialled != (self.replica < peer) {
             self.conns.remove(&conn);
-            return vec![Action::Close(
-                conn,
-                "the other direction's connection is kept".into(),
-            )];
+            return vec![Action::Duplicate(conn, peer)];
         }
         let mut entries: Vec<Entry> = Vec::new();
         for (pool, table) in &self.tables {
@@ -271,6 +270,10 @@ mod tests {
                         closes.push(why);
                         b.disconnected(conn);
                     }
+                    Action::Duplicate(_, peer) => {
+                        closes.push(format!("duplicate of {peer}'s"));
+                        b.disconnected(conn);
+                    }
                 }
             }
             for act in to_a.drain(..) {
@@ -278,6 +281,10 @@ mod tests {
                     Action::Send(_, f) => next_b.extend(a.received(conn, f)),
                     Action::Close(_, why) => {
                         closes.push(why);
+                        a.disconnected(conn);
+                    }
+                    Action::Duplicate(_, peer) => {
+                        closes.push(format!("duplicate of {peer}'s"));
                         a.disconnected(conn);
                     }
                 }

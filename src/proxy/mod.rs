@@ -59,6 +59,9 @@ impl Edge {
             Some(room) => pool
                 .choose_for_room(&members, room, (now, crate::routing::unix_ms()), exclude)
                 .map(|choice| {
+                    if !matches!(choice, Choice::Stuck(_)) {
+                        self.replicate(pool, room);
+                    }
                     if let Choice::Moved(_) = choice {
                         self.shared
                             .metrics
@@ -79,6 +82,19 @@ impl Edge {
             )),
             None => Err(format!("no shard of pool {} is up", pool.name)),
         }
+    }
+
+    /// Hands a placement this replica just made to replication (`[peers]`).
+    fn replicate(&self, pool: &Pool, room: &str) {
+        let (Some(peers), Some(placement)) = (self.shared.peers.get(), pool.stick.placement(room))
+        else {
+            return;
+        };
+        let _ = peers.send(crate::peers::driver::Placed {
+            pool: pool.name.clone(),
+            room: Arc::from(room),
+            placement,
+        });
     }
 
     /// Chooses the shard for this request and says how to reach it.
