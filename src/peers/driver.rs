@@ -19,6 +19,50 @@ const FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// Replicas not connected are dialled again this often.
 const DIAL_EVERY: Duration = Duration::from_secs(2);
 
+/// Where the other replicas are.
+pub enum Source {
+    List(Vec<SocketAddr>),
+    /// SRV records (a headless Service's named port): every target's addresses at its port.
+    Srv(String),
+    /// A name's A/AAAA records, at `port`.
+    Dns(String, u16),
+}
+
+impl Source {
+    /// The replicas' addresses now (this replica's own may be among them). A failed lookup
+    /// gives none this round; the next round asks again.
+    async fn resolve(&self, resolver: Option<&hickory_resolver::TokioResolver>) -> Vec<SocketAddr> {
+        use crate::discovery::resolver::{lookup_host, lookup_srv};
+        match (self, resolver) {
+            (Source::List(addrs), _) => addrs.clone(),
+            (Source::Srv(name), Some(r)) => match lookup_srv(r, name).await {
+                Ok((records, addrs, _)) => records
+                    .iter()
+                    .flat_map(|rec| {
+                        let ips = addrs
+                            .get(&crate::discovery::srv::host_key(&rec.target))
+                            .cloned()
+                            .unwrap_or_default();
+                        ips.into_iter().map(move |ip| SocketAddr::new(ip, rec.port))
+                    })
+                    .collect(),
+                Err(e) => {
+                    debug!(error = %e, "peers: SRV lookup failed");
+                    Vec::new()
+                }
+            },
+            (Source::Dns(name, port), Some(r)) => match lookup_host(r, name, *port).await {
+                Ok((addrs, _)) => addrs,
+                Err(e) => {
+                    debug!(error = %e, "peers: lookup failed");
+                    Vec::new()
+                }
+            },
+            (_, None) => Vec::new(),
+        }
+    }
+}
+
 /// A placement made by this replica's proxy.
 pub struct Placed {
     pub pool: Arc<str>,
@@ -38,8 +82,8 @@ enum Event {
 }
 
 /// Binds the peer port (here, so a taken port fails the start) and runs replication on a
-/// thread of its own. WIP: only `list` is supported, and the tables are those of the pools at
-/// start (a reload that rebuilds a pool's table is not followed yet).
+/// thread of its own. WIP: the tables are those of the pools at start (a reload that rebuilds a
+/// pool's table is not followed yet).
 pub fn start(
     config: &crate::config::Peers,
     shared: &crate::state::Shared,
@@ -49,7 +93,29 @@ pub fn start(
     listen
         .set_nonblocking(true)
         .map_err(|e| format!("peers: {e}"))?;
-    let peers: Vec<SocketAddr> = config.list.iter().filter_map(|a| a.parse().ok()).collect();
+    let source = match (&config.srv, &config.dns) {
+        (Some(name), _) => Source::Srv(name.clone()),
+        (None, Some(host)) => {
+            let (name, port) = host
+                .rsplit_once(':')
+                .and_then(|(n, p)| Some((n.to_owned(), p.parse().ok()?)))
+                .ok_or_else(|| format!("peers.dns: {host:?} is not name:port"))?;
+            Source::Dns(name, port)
+        }
+        (None, None) => Source::List(
+            config
+                .list
+                .iter()
+                .map(|a| a.parse().map_err(|e| format!("peers.list: {a:?}: {e}")))
+                .collect::<Result<_, String>>()?,
+        ),
+    };
+    let resolver = match source {
+        Source::List(_) => None,
+        _ => Some(crate::discovery::resolver::build(
+            &shared.runtime.load().config.resolver,
+        )?),
+    };
     let tables: HashMap<Arc<str>, StickTable> = shared
         .runtime
         .load()
@@ -74,7 +140,7 @@ pub fn start(
             };
             rt.block_on(async move {
                 match TcpListener::from_std(listen) {
-                    Ok(listen) => run(listen, peers, replica, secret, tables, rx).await,
+                    Ok(listen) => run(listen, source, resolver, replica, secret, tables, rx).await,
                     Err(e) => tracing::error!(error = %e, "peers: listener"),
                 }
             });
@@ -86,7 +152,8 @@ pub fn start(
 /// Runs replication until `placed` closes. `peers` are the other replicas' addresses.
 pub async fn run(
     listen: TcpListener,
-    peers: Vec<SocketAddr>,
+    source: Source,
+    resolver: Option<hickory_resolver::TokioResolver>,
     replica: u64,
     secret: Arc<[u8]>,
     tables: HashMap<Arc<str>, StickTable>,
@@ -102,6 +169,8 @@ pub async fn run(
     // Addresses whose replica (this id) has the lower id and dials us: not dialled while a
     // connection with that replica is open.
     let mut yield_to: HashMap<SocketAddr, u64> = HashMap::new();
+    // Addresses that turned out to be this replica.
+    let mut itself: HashSet<SocketAddr> = HashSet::new();
     let mut next_conn: ConnId = 1;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut dial = tokio::time::interval(DIAL_EVERY);
@@ -153,9 +222,11 @@ pub async fn run(
                 let connected: HashSet<SocketAddr> = dialled.values().copied().collect();
                 let open_peers: HashSet<u64> =
                     r.open_conns().into_iter().filter_map(|c| r.peer_of(c)).collect();
+                let peers = source.resolve(resolver.as_ref()).await;
                 for addr in &peers {
                     let yielded = yield_to.get(addr).is_some_and(|id| open_peers.contains(id));
                     if Some(*addr) == own
+                        || itself.contains(addr)
                         || connected.contains(addr)
                         || yielded
                         || !dialling.insert(*addr)
@@ -193,6 +264,12 @@ pub async fn run(
                 Action::Duplicate(conn, peer) => {
                     if let Some(addr) = dialled.get(&conn) {
                         yield_to.insert(*addr, peer);
+                    }
+                    writers.remove(&conn);
+                }
+                Action::Itself(conn) => {
+                    if let Some(addr) = dialled.get(&conn) {
+                        itself.insert(*addr);
                     }
                     writers.remove(&conn);
                 }
@@ -271,7 +348,8 @@ mod tests {
         let tables = HashMap::from([(Arc::from("shards"), table.clone())]);
         tokio::spawn(run(
             listen,
-            peers,
+            Source::List(peers),
+            None,
             id,
             Arc::from(&b"0123456789abcdef"[..]),
             tables,

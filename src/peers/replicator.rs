@@ -23,6 +23,8 @@ pub enum Action {
     Close(ConnId, String),
     /// Close: a duplicate of the connection the other replica (this id) dials.
     Duplicate(ConnId, u64),
+    /// Close: this replica reached itself (its own address is among the peers').
+    Itself(ConnId),
 }
 
 struct Conn {
@@ -232,8 +234,11 @@ impl Replicator {
     }
 
     fn refuse(&mut self, conn: ConnId, e: HandshakeError) -> Vec<Action> {
-        self.totals.refused += 1;
         self.conns.remove(&conn);
+        if e == HandshakeError::SelfConnection {
+            return vec![Action::Itself(conn)];
+        }
+        self.totals.refused += 1;
         vec![Action::Close(conn, e.to_string())]
     }
 }
@@ -274,6 +279,10 @@ mod tests {
                         closes.push(format!("duplicate of {peer}'s"));
                         b.disconnected(conn);
                     }
+                    Action::Itself(_) => {
+                        closes.push("itself".into());
+                        b.disconnected(conn);
+                    }
                 }
             }
             for act in to_a.drain(..) {
@@ -285,6 +294,10 @@ mod tests {
                     }
                     Action::Duplicate(_, peer) => {
                         closes.push(format!("duplicate of {peer}'s"));
+                        a.disconnected(conn);
+                    }
+                    Action::Itself(_) => {
+                        closes.push("itself".into());
                         a.disconnected(conn);
                     }
                 }
