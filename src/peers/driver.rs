@@ -379,6 +379,7 @@ mod tests {
         let placement = Placement {
             shard: Arc::from("shard-1"),
             placed_at_ms: 20,
+            refreshed_at_ms: 20,
         };
         ta.insert("live", placement.shard.clone(), 20);
         pa.send(Placed {

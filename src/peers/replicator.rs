@@ -227,6 +227,7 @@ impl Replicator {
         let theirs = Placement {
             shard: Arc::from(e.shard.as_str()),
             placed_at_ms: e.placed_at_ms,
+            refreshed_at_ms: e.placed_at_ms,
         };
         if table.merge(&e.room, theirs) == Merged::Replaced {
             self.totals.replaced += 1;
@@ -312,6 +313,7 @@ mod tests {
         Placement {
             shard: Arc::from(shard),
             placed_at_ms: ms,
+            refreshed_at_ms: ms,
         }
     }
 

@@ -59,9 +59,7 @@ impl Edge {
             Some(room) => pool
                 .choose_for_room(&members, room, (now, crate::routing::unix_ms()), exclude)
                 .map(|choice| {
-                    if !matches!(choice, Choice::Stuck(_)) {
-                        self.replicate(pool, room);
-                    }
+                    self.replicate(pool, room, matches!(choice, Choice::Stuck(_)));
                     if let Choice::Moved(_) = choice {
                         self.shared
                             .metrics
@@ -84,17 +82,27 @@ impl Edge {
         }
     }
 
-    /// Hands a placement this replica just made to replication (`[peers]`).
-    fn replicate(&self, pool: &Pool, room: &str) {
-        let (Some(peers), Some(placement)) = (self.shared.peers.get(), pool.stick.placement(room))
-        else {
+    /// Hands a placement this replica just made to replication (`[peers]`), and, for a room
+    /// already stuck, a refresh at most once per quarter of the table's idle time (so the
+    /// other replicas keep rooms alive that only this one sees traffic for).
+    fn replicate(&self, pool: &Pool, room: &str, stuck: bool) {
+        let Some(peers) = self.shared.peers.get() else {
             return;
         };
-        let _ = peers.send(crate::peers::driver::Placed {
-            pool: pool.name.clone(),
-            room: Arc::from(room),
-            placement,
-        });
+        let placement = if stuck {
+            let every = pool.stick_ttl().as_millis() as u64 / 4;
+            pool.stick
+                .refresh_due(room, crate::routing::unix_ms(), every)
+        } else {
+            pool.stick.placement(room)
+        };
+        if let Some(placement) = placement {
+            let _ = peers.send(crate::peers::driver::Placed {
+                pool: pool.name.clone(),
+                room: Arc::from(room),
+                placement,
+            });
+        }
     }
 
     /// Chooses the shard for this request and says how to reach it.

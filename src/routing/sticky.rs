@@ -71,6 +71,8 @@ pub fn unix_ms() -> u64 {
 pub struct Placement {
     pub shard: Arc<str>,
     pub placed_at_ms: u64,
+    /// When this replica last told the others the room is alive (local; not compared).
+    pub refreshed_at_ms: u64,
 }
 
 impl Placement {
@@ -129,8 +131,25 @@ impl StickTable {
             Placement {
                 shard,
                 placed_at_ms,
+                refreshed_at_ms: placed_at_ms,
             },
         );
+    }
+
+    /// `room`'s placement when it was last told to the others `every` or longer before
+    /// `now_ms` (it is then marked as told now): refreshes for rooms in use, at most one per
+    /// room per `every`.
+    pub fn refresh_due(&self, room: &str, now_ms: u64, every: u64) -> Option<Placement> {
+        let p = self.cache.get(room)?;
+        if now_ms.saturating_sub(p.refreshed_at_ms) < every {
+            return None;
+        }
+        let told = Placement {
+            refreshed_at_ms: now_ms,
+            ..p
+        };
+        self.cache.insert(Arc::from(room), told.clone());
+        Some(told)
     }
 
     /// Takes another replica's placement of `room`, keeping whichever wins.
@@ -148,6 +167,7 @@ impl StickTable {
                         Placement {
                             placed_at_ms: ours.placed_at_ms.min(theirs.placed_at_ms),
                             shard: ours.shard,
+                            refreshed_at_ms: ours.refreshed_at_ms,
                         }
                     } else if theirs.wins_over(&ours) {
                         merged = Merged::Replaced;
@@ -325,6 +345,7 @@ mod tests {
         let at = |shard: &str, ms: u64| Placement {
             shard: Arc::from(shard),
             placed_at_ms: ms,
+            refreshed_at_ms: ms,
         };
         let (x, y) = (
             StickTable::new(Duration::from_secs(60), 100),
@@ -344,5 +365,17 @@ mod tests {
         assert_eq!(x.placement("r").unwrap().placed_at_ms, 1_000);
         assert_eq!(x.merge("s", at("shard-new", 5_000)), Merged::New);
         assert_eq!(x.get("s").as_deref(), Some("shard-new"));
+    }
+
+    #[test]
+    fn refreshes_are_due_once_per_interval() {
+        let t = StickTable::new(Duration::from_secs(60), 100);
+        t.insert("r", Arc::from("shard-0"), 1_000);
+        assert_eq!(t.refresh_due("r", 5_000, 15_000), None);
+        let told = t.refresh_due("r", 16_000, 15_000).unwrap();
+        assert_eq!((told.placed_at_ms, told.refreshed_at_ms), (1_000, 16_000));
+        assert_eq!(t.refresh_due("r", 17_000, 15_000), None);
+        assert!(t.refresh_due("r", 31_000, 15_000).is_some());
+        assert_eq!(t.refresh_due("unknown", 31_000, 15_000), None);
     }
 }
