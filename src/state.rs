@@ -26,6 +26,9 @@ pub struct Shared {
     pub certs: Mutex<Vec<Arc<crate::tls::CertStore>>>,
     /// The in-process SFU, when the process started with `[sfu]`.
     pub sfu: std::sync::OnceLock<crate::sfu::http::SfuService>,
+    /// False from a start with `[peers]` until the first full sync from the reachable
+    /// replicas arrived (or `peers.sync_wait` passed): `/readyz` answers 503 meanwhile.
+    pub peers_synced: Arc<std::sync::atomic::AtomicBool>,
     /// Where the proxy's new placements go to be replicated, when `[peers]` is set.
     pub peers:
         std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::peers::driver::Placed>>,
@@ -42,6 +45,7 @@ impl Shared {
             certs: Mutex::new(Vec::new()),
             sfu: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
+            peers_synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             upstream_tls: ArcSwap::from_pointee(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicI64::new(0),

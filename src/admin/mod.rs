@@ -143,6 +143,18 @@ impl Admin {
                 b"shutting down\n".to_vec(),
             );
         }
+        if !self
+            .shared
+            .peers_synced
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                b"waiting for the first full sync of the stick tables from the other replicas\n"
+                    .to_vec(),
+            );
+        }
         let runtime = self.shared.runtime.load();
         let now = self.shared.now_ms();
         let mut body = String::from("ready\n");

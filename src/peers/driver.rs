@@ -63,6 +63,40 @@ impl Source {
     }
 }
 
+/// `/readyz`'s wait for the first full sync: done when every replica reached has sent its
+/// whole table, or when `until` passed.
+pub struct Readiness {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    until: std::time::Instant,
+}
+
+impl Readiness {
+    pub fn new(flag: Arc<std::sync::atomic::AtomicBool>, wait: Duration) -> Self {
+        Readiness {
+            flag,
+            until: std::time::Instant::now() + wait,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn check(&self, settled: bool, peers: usize) {
+        if settled {
+            info!(peers, "stick tables synced from the other replicas");
+        } else if std::time::Instant::now() >= self.until {
+            info!(
+                peers,
+                "stick tables: not every replica synced in time; ready anyway"
+            );
+        } else {
+            return;
+        }
+        self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A placement made by this replica's proxy.
 pub struct Placed {
     pub pool: Arc<str>,
@@ -128,6 +162,10 @@ pub fn start(
     getrandom::fill(&mut id).map_err(|e| format!("peers: no randomness: {e}"))?;
     let replica = u64::from_be_bytes(id);
     let (tx, rx) = mpsc::unbounded_channel();
+    shared
+        .peers_synced
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let synced = Readiness::new(shared.peers_synced.clone(), config.sync_wait);
     std::thread::Builder::new()
         .name("peers".into())
         .spawn(move || {
@@ -140,7 +178,12 @@ pub fn start(
             };
             rt.block_on(async move {
                 match TcpListener::from_std(listen) {
-                    Ok(listen) => run(listen, source, resolver, replica, secret, tables, rx).await,
+                    Ok(listen) => {
+                        run(
+                            listen, source, resolver, synced, replica, secret, tables, rx,
+                        )
+                        .await
+                    }
                     Err(e) => tracing::error!(error = %e, "peers: listener"),
                 }
             });
@@ -150,10 +193,12 @@ pub fn start(
 }
 
 /// Runs replication until `placed` closes. `peers` are the other replicas' addresses.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     listen: TcpListener,
     source: Source,
     resolver: Option<hickory_resolver::TokioResolver>,
+    synced: Readiness,
     replica: u64,
     secret: Arc<[u8]>,
     tables: HashMap<Arc<str>, StickTable>,
@@ -172,6 +217,7 @@ pub async fn run(
     // Addresses that turned out to be this replica.
     let mut itself: HashSet<SocketAddr> = HashSet::new();
     let mut next_conn: ConnId = 1;
+    let mut rounds = 0u64;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut dial = tokio::time::interval(DIAL_EVERY);
     loop {
@@ -222,6 +268,7 @@ pub async fn run(
                 let connected: HashSet<SocketAddr> = dialled.values().copied().collect();
                 let open_peers: HashSet<u64> =
                     r.open_conns().into_iter().filter_map(|c| r.peer_of(c)).collect();
+                rounds += 1;
                 let peers = source.resolve(resolver.as_ref()).await;
                 for addr in &peers {
                     let yielded = yield_to.get(addr).is_some_and(|id| open_peers.contains(id));
@@ -250,6 +297,11 @@ pub async fn run(
                 Vec::new()
             }
         };
+        if !synced.done() {
+            let (from, open) = r.synced();
+            let settled = rounds > 1 && dialling.is_empty() && r.handshaking() == 0 && from == open;
+            synced.check(settled, open);
+        }
         for action in actions {
             match action {
                 Action::Send(conn, frame) => {
@@ -350,6 +402,7 @@ mod tests {
             listen,
             Source::List(peers),
             None,
+            Readiness::new(Arc::default(), Duration::from_secs(1)),
             id,
             Arc::from(&b"0123456789abcdef"[..]),
             tables,

@@ -179,6 +179,14 @@ impl Replicator {
         (synced, all)
     }
 
+    /// Connections still in their handshake.
+    pub fn handshaking(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| !c.handshake.is_open())
+            .count()
+    }
+
     /// The replica id on the other end of `conn`, once known.
     pub fn peer_of(&self, conn: ConnId) -> Option<u64> {
         self.conns.get(&conn).and_then(|c| c.handshake.peer())
