@@ -29,6 +29,8 @@ pub struct Shared {
     /// False from a start with `[peers]` until the first full sync from the reachable
     /// replicas arrived (or `peers.sync_wait` passed): `/readyz` answers 503 meanwhile.
     pub peers_synced: Arc<std::sync::atomic::AtomicBool>,
+    /// The replication's state for `/admin/peers`, refreshed about once a second.
+    pub peers_status: Arc<Mutex<Option<serde_json::Value>>>,
     /// Where the proxy's new placements go to be replicated, when `[peers]` is set.
     pub peers:
         std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::peers::driver::Placed>>,
@@ -46,6 +48,7 @@ impl Shared {
             sfu: std::sync::OnceLock::new(),
             peers: std::sync::OnceLock::new(),
             peers_synced: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            peers_status: Arc::default(),
             upstream_tls: ArcSwap::from_pointee(HashMap::new()),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicI64::new(0),

@@ -74,6 +74,21 @@ impl Admin {
         };
         match (method, segments.as_slice()) {
             (&Method::GET, ["shards"]) => json_reply(StatusCode::OK, self.shards_json()),
+            (&Method::GET, ["peers"]) => {
+                let status = self
+                    .shared
+                    .peers_status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match status {
+                    Some(v) => json_reply(StatusCode::OK, v),
+                    None => json_reply(
+                        StatusCode::NOT_FOUND,
+                        json!({"error": "no [peers] in the config this process started with"}),
+                    ),
+                }
+            }
             (&Method::GET, ["config"]) => json_reply(StatusCode::OK, self.config_json()),
             (&Method::POST, ["reload"]) => match crate::reload::reload(&self.shared) {
                 Ok(outcome) => json_reply(

@@ -166,6 +166,7 @@ pub fn start(
         .peers_synced
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let synced = Readiness::new(shared.peers_synced.clone(), config.sync_wait);
+    let status = shared.peers_status.clone();
     std::thread::Builder::new()
         .name("peers".into())
         .spawn(move || {
@@ -180,7 +181,15 @@ pub fn start(
                 match TcpListener::from_std(listen) {
                     Ok(listen) => {
                         run(
-                            listen, source, resolver, synced, replica, secret, tables, rx,
+                            listen,
+                            source,
+                            resolver,
+                            synced,
+                            Some(status),
+                            replica,
+                            secret,
+                            tables,
+                            rx,
                         )
                         .await
                     }
@@ -199,6 +208,7 @@ pub async fn run(
     source: Source,
     resolver: Option<hickory_resolver::TokioResolver>,
     synced: Readiness,
+    status: Option<Arc<std::sync::Mutex<Option<serde_json::Value>>>>,
     replica: u64,
     secret: Arc<[u8]>,
     tables: HashMap<Arc<str>, StickTable>,
@@ -218,6 +228,7 @@ pub async fn run(
     let mut itself: HashSet<SocketAddr> = HashSet::new();
     let mut next_conn: ConnId = 1;
     let mut rounds = 0u64;
+    let mut report = tokio::time::interval(Duration::from_secs(1));
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut dial = tokio::time::interval(DIAL_EVERY);
     loop {
@@ -264,6 +275,36 @@ pub async fn run(
                 None => return,
             },
             _ = flush.tick() => r.flush(),
+            _ = report.tick() => {
+                if let Some(status) = &status {
+                    let conns: Vec<serde_json::Value> = r
+                        .connections()
+                        .into_iter()
+                        .map(|(conn, peer, by_us, synced)| {
+                            serde_json::json!({
+                                "connection": conn,
+                                "replica": format!("{peer:016x}"),
+                                "address": dialled.get(&conn).map(|a| a.to_string()),
+                                "dialled_by": if by_us { "this replica" } else { "the other" },
+                                "synced": synced,
+                            })
+                        })
+                        .collect();
+                    let t = r.totals();
+                    *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(serde_json::json!({
+                        "replica": format!("{replica:016x}"),
+                        "listen": own.map(|a| a.to_string()),
+                        "ready": synced.done(),
+                        "connections": conns,
+                        "handshaking": r.handshaking(),
+                        "entries_sent": t.entries_sent,
+                        "entries_received": t.entries_received,
+                        "conflicts_lost": t.replaced,
+                        "refused": t.refused,
+                    }));
+                }
+                Vec::new()
+            }
             _ = dial.tick() => {
                 let connected: HashSet<SocketAddr> = dialled.values().copied().collect();
                 let open_peers: HashSet<u64> =
@@ -403,6 +444,7 @@ mod tests {
             Source::List(peers),
             None,
             Readiness::new(Arc::default(), Duration::from_secs(1)),
+            None,
             id,
             Arc::from(&b"0123456789abcdef"[..]),
             tables,

@@ -179,6 +179,19 @@ impl Replicator {
         (synced, all)
     }
 
+    /// Each open connection: (conn, the other replica's id, this replica dialled it, its
+    /// whole table arrived).
+    pub fn connections(&self) -> Vec<(ConnId, u64, bool, bool)> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshake.is_open())
+            .filter_map(|(id, c)| Some((*id, c.handshake.peer()?, c.dialled, c.synced)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Connections still in their handshake.
     pub fn handshaking(&self) -> usize {
         self.conns
