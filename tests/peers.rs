@@ -1,5 +1,6 @@
 //! Stick-table replication (WIP): three replicas in front of shards found by a real DNS server
-//! in the test process; rooms arrive through random replicas while a shard is added. With
+//! in the test process; rooms arrive through random replicas, one replica restarts, and a shard
+//! is added. With
 //! `[peers]` no room is ever served by two shards; without, the same scenario splits rooms (so
 //! the test can fail).
 
@@ -64,6 +65,7 @@ async fn split_rooms(with_peers: bool) -> usize {
         .map(|p| format!("\"127.0.0.1:{p}\""))
         .collect();
     let mut replicas = Vec::new();
+    let mut configs = Vec::new();
     for port in &peer_ports {
         let (head, http, admin) = config_head("t");
         let peers = if with_peers {
@@ -81,6 +83,7 @@ async fn split_rooms(with_peers: bool) -> usize {
             dns.addr
         );
         replicas.push(Shardgate::start(&text, http, admin));
+        configs.push((text, http, admin));
     }
     for r in &replicas {
         wait_for_members(r, 3).await;
@@ -94,7 +97,10 @@ async fn split_rooms(with_peers: bool) -> usize {
         (seed % 3) as usize
     };
     let mut served: HashMap<usize, HashSet<String>> = HashMap::new();
-    let ask = async |room: usize, replica: usize, served: &mut HashMap<usize, HashSet<String>>| {
+    let ask = async |replicas: &[Shardgate],
+                     room: usize,
+                     replica: usize,
+                     served: &mut HashMap<usize, HashSet<String>>| {
         let url = replicas[replica].url(&format!("/http-bind?room=room-{room}"));
         let (status, body) = get(&c, &url).await;
         assert_eq!(status, 200, "{body}");
@@ -104,10 +110,15 @@ async fn split_rooms(with_peers: bool) -> usize {
             .insert(body.trim().to_owned());
     };
     for room in 0..ROOMS {
-        ask(room, pick(), &mut served).await;
+        ask(&replicas, room, pick(), &mut served).await;
     }
-    // Replication has milliseconds; give it a moment, then add a shard.
+    // Replication has milliseconds; give it a moment. Then one replica restarts (an empty
+    // table: with peers it is not ready until the others' tables arrived), and a shard is added.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(replicas.remove(1));
+    let (text, http, admin) = &configs[1];
+    replicas.insert(1, Shardgate::start(text, *http, *admin));
+    wait_for_members(&replicas[1], 3).await;
     publish(
         &dns,
         &[&backends[0], &backends[1], &backends[2], &backends[3]],
@@ -116,7 +127,7 @@ async fn split_rooms(with_peers: bool) -> usize {
         wait_for_members(r, 4).await;
     }
     for room in 0..ROOMS {
-        ask(room, pick(), &mut served).await;
+        ask(&replicas, room, pick(), &mut served).await;
     }
     served.values().filter(|shards| shards.len() > 1).count()
 }
