@@ -120,7 +120,7 @@ enum Event {
 /// pool's table is not followed yet).
 pub fn start(
     config: &crate::config::Peers,
-    shared: &crate::state::Shared,
+    shared: &Arc<crate::state::Shared>,
 ) -> Result<mpsc::UnboundedSender<Placed>, String> {
     let listen = std::net::TcpListener::bind(config.listen)
         .map_err(|e| format!("peers: cannot listen on {}: {e}", config.listen))?;
@@ -150,13 +150,16 @@ pub fn start(
             &shared.runtime.load().config.resolver,
         )?),
     };
-    let tables: HashMap<Arc<str>, StickTable> = shared
-        .runtime
-        .load()
-        .pools
-        .iter()
-        .map(|p| (p.name.clone(), p.stick.clone()))
-        .collect();
+    // The pools' tables now: a reload may rebuild a pool (and its table).
+    let from = shared.clone();
+    let tables = move || -> HashMap<Arc<str>, StickTable> {
+        from.runtime
+            .load()
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), p.stick.clone()))
+            .collect()
+    };
     let secret: Arc<[u8]> = Arc::from(config.secret.as_bytes());
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|e| format!("peers: no randomness: {e}"))?;
@@ -211,12 +214,12 @@ pub async fn run(
     status: Option<Arc<std::sync::Mutex<Option<serde_json::Value>>>>,
     replica: u64,
     secret: Arc<[u8]>,
-    tables: HashMap<Arc<str>, StickTable>,
+    tables: impl Fn() -> HashMap<Arc<str>, StickTable>,
     mut placed: mpsc::UnboundedReceiver<Placed>,
 ) {
     let own = listen.local_addr().ok();
     let mut r = Replicator::new(replica, secret);
-    r.set_tables(tables);
+    r.set_tables(tables());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Frame>> = HashMap::new();
     let mut dialled: HashMap<ConnId, SocketAddr> = HashMap::new();
@@ -310,6 +313,7 @@ pub async fn run(
                 let open_peers: HashSet<u64> =
                     r.open_conns().into_iter().filter_map(|c| r.peer_of(c)).collect();
                 rounds += 1;
+                r.set_tables(tables());
                 let peers = source.resolve(resolver.as_ref()).await;
                 for addr in &peers {
                     let yielded = yield_to.get(addr).is_some_and(|id| open_peers.contains(id));
@@ -447,7 +451,7 @@ mod tests {
             None,
             id,
             Arc::from(&b"0123456789abcdef"[..]),
-            tables,
+            move || tables.clone(),
             rx,
         ));
         (table, tx)
