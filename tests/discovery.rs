@@ -10,28 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-const SRV: &str = "_http._tcp.web.jitsi.test.";
-const LOCAL: &str = "127.0.0.1";
-
-/// Publishes `backends` as SRV targets `<name>.web.jitsi.test.` with their ports.
-fn publish(dns: &DnsServer, ttl: u32, backends: &[&Backend]) {
-    let records: Vec<(u16, u16, u16, String)> = backends
-        .iter()
-        .map(|b| (10, 50, b.addr.port(), format!("{}.web.jitsi.test.", b.name)))
-        .collect();
-    let refs: Vec<(u16, u16, u16, &str)> = records
-        .iter()
-        .map(|(p, w, port, t)| (*p, *w, *port, t.as_str()))
-        .collect();
-    dns.set_srv(SRV, ttl, &refs);
-    for b in backends {
-        dns.set_a(
-            &format!("{}.web.jitsi.test.", b.name),
-            ttl,
-            &[LOCAL.parse::<IpAddr>().unwrap()],
-        );
-    }
-}
+use common::dns::{publish_shards, SHARDS_SRV as SRV};
 
 fn config(
     dns: &DnsServer,
@@ -45,24 +24,6 @@ fn config(
         dns.addr
     );
     (text, http, admin)
-}
-
-/// Waits until `/readyz` shows `up` shards up in pool `shards`.
-async fn wait_for_members(sg: &Shardgate, up: usize, total: usize) {
-    let c = client();
-    let want = format!("pool shards: {up}/{total} shards up");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let body = get(&c, &sg.admin_url("/readyz")).await.1;
-        if body.contains(&want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wanted {want:?}, /readyz says {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn shard_of(c: &reqwest::Client, sg: &Shardgate, room: &str) -> String {
@@ -80,7 +41,7 @@ async fn shards_come_and_go_without_moving_live_rooms() {
         Backend::start("shard-c").await,
         Backend::start("shard-d").await,
     ];
-    publish(&dns, 1, &[&b[0], &b[1], &b[2]]);
+    publish_shards(&dns, 1, &[&b[0], &b[1], &b[2]]);
     let (text, http, admin) = config(&dns, "linger = \"30s\"\n");
     let sg = Shardgate::start(&text, http, admin);
     wait_for_members(&sg, 3, 3).await;
@@ -91,7 +52,7 @@ async fn shards_come_and_go_without_moving_live_rooms() {
     assert_eq!(used.len(), 3, "{used:?}");
 
     // A shard added: existing rooms stay put; new rooms can go to it.
-    publish(&dns, 1, &[&b[0], &b[1], &b[2], &b[3]]);
+    publish_shards(&dns, 1, &[&b[0], &b[1], &b[2], &b[3]]);
     let changed = Instant::now();
     wait_for_members(&sg, 4, 4).await;
     // No stale set past the TTL (1 s) plus a lookup round (timeout 300 ms) and polling.
@@ -113,7 +74,7 @@ async fn shards_come_and_go_without_moving_live_rooms() {
     );
 
     // A shard removed from DNS lingers for its rooms and takes no new ones.
-    publish(&dns, 1, &[&b[0], &b[2], &b[3]]);
+    publish_shards(&dns, 1, &[&b[0], &b[2], &b[3]]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         placements(&sg, &rooms).await,
@@ -150,7 +111,7 @@ async fn a_dead_dns_server_empties_nothing_and_ttl_is_honoured() {
         Backend::start("shard-a").await,
         Backend::start("shard-b").await,
     ];
-    publish(&dns, 1, &[&b[0], &b[1]]);
+    publish_shards(&dns, 1, &[&b[0], &b[1]]);
     let (text, http, admin) = config(&dns, "");
     let sg = Shardgate::start(&text, http, admin);
     wait_for_members(&sg, 2, 2).await;
@@ -193,8 +154,8 @@ async fn replicas_fed_answers_in_different_orders_agree_on_every_room() {
         Backend::start("shard-b").await,
         Backend::start("shard-c").await,
     ];
-    publish(&dns1, 30, &[&b[0], &b[1], &b[2]]);
-    publish(&dns2, 30, &[&b[2], &b[1], &b[0]]);
+    publish_shards(&dns1, 30, &[&b[0], &b[1], &b[2]]);
+    publish_shards(&dns2, 30, &[&b[2], &b[1], &b[0]]);
     let (t1, h1, a1) = config(&dns1, "");
     let (t2, h2, a2) = config(&dns2, "");
     let sg1 = Shardgate::start(&t1, h1, a1);
@@ -222,7 +183,7 @@ async fn the_edge_starts_before_names_resolve() {
     );
     let (status, body) = get(&c, &sg.url("/http-bind?room=x")).await;
     assert_eq!(status, 503, "{body}");
-    publish(&dns, 1, &[&b]);
+    publish_shards(&dns, 1, &[&b]);
     wait_for_members(&sg, 1, 1).await;
     assert_eq!(shard_of(&c, &sg, "x").await, "shard-a");
 }

@@ -9,47 +9,10 @@ mod common;
 use common::dns::DnsServer;
 use common::*;
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const SRV: &str = "_http._tcp.web.jitsi.test.";
+use common::dns::{publish_shards, SHARDS_SRV as SRV};
 const ROOMS: usize = 5_000;
-
-fn publish(dns: &DnsServer, backends: &[&Backend]) {
-    let records: Vec<(u16, u16, u16, String)> = backends
-        .iter()
-        .map(|b| (10, 50, b.addr.port(), format!("{}.web.jitsi.test.", b.name)))
-        .collect();
-    let refs: Vec<(u16, u16, u16, &str)> = records
-        .iter()
-        .map(|(p, w, port, t)| (*p, *w, *port, t.as_str()))
-        .collect();
-    dns.set_srv(SRV, 1, &refs);
-    for b in backends {
-        dns.set_a(
-            &format!("{}.web.jitsi.test.", b.name),
-            1,
-            &["127.0.0.1".parse::<IpAddr>().unwrap()],
-        );
-    }
-}
-
-async fn wait_for_members(sg: &Shardgate, up: usize) {
-    let c = client();
-    let want = format!("pool shards: {up}/{up} shards up");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let body = get(&c, &sg.admin_url("/readyz")).await.1;
-        if body.contains(&want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wanted {want:?}, /readyz says {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Runs the scenario; returns how many rooms were served by more than one shard.
 async fn split_rooms(with_peers: bool) -> usize {
@@ -58,7 +21,7 @@ async fn split_rooms(with_peers: bool) -> usize {
     for i in 0..4 {
         backends.push(Backend::start(&format!("shard-{i}")).await);
     }
-    publish(&dns, &[&backends[0], &backends[1], &backends[2]]);
+    publish_shards(&dns, 1, &[&backends[0], &backends[1], &backends[2]]);
     let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let list: Vec<String> = peer_ports
         .iter()
@@ -86,7 +49,7 @@ async fn split_rooms(with_peers: bool) -> usize {
         configs.push((text, http, admin));
     }
     for r in &replicas {
-        wait_for_members(r, 3).await;
+        wait_for_members(r, 3, 3).await;
     }
     let c = client();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -118,13 +81,14 @@ async fn split_rooms(with_peers: bool) -> usize {
     drop(replicas.remove(1));
     let (text, http, admin) = &configs[1];
     replicas.insert(1, Shardgate::start(text, *http, *admin));
-    wait_for_members(&replicas[1], 3).await;
-    publish(
+    wait_for_members(&replicas[1], 3, 3).await;
+    publish_shards(
         &dns,
+        1,
         &[&backends[0], &backends[1], &backends[2], &backends[3]],
     );
     for r in &replicas {
-        wait_for_members(r, 4).await;
+        wait_for_members(r, 4, 4).await;
     }
     for room in 0..ROOMS {
         ask(&replicas, room, pick(), &mut served).await;

@@ -34,6 +34,15 @@ async fn post(sg: &Shardgate, path: &str, content_type: &str, body: String) -> r
         .unwrap()
 }
 
+async fn metrics(sg: &Shardgate) -> String {
+    reqwest::get(sg.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn types(c: &Client) -> Vec<String> {
     c.messages
         .iter()
@@ -68,12 +77,7 @@ async fn participants_meet_over_websocket_signalling() {
         assert!(t.contains(&"peer".to_owned()), "{t:?}");
     }
 
-    let metrics = reqwest::get(sg.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&sg).await;
     assert!(metrics.contains("shardgate_sfu_rooms 1"), "{metrics}");
     assert!(
         metrics.contains("shardgate_sfu_peers{role=\"participant\"} 2"),
@@ -234,12 +238,7 @@ async fn whip_publishes_and_whep_watches() {
     // The gauges follow within a second or two.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let metrics = reqwest::get(sg.admin_url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics(&sg).await;
         if metrics.contains("shardgate_sfu_rooms 0") {
             break;
         }

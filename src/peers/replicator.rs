@@ -277,6 +277,31 @@ mod tests {
         (r, table)
     }
 
+    /// Hands `actions` (from the other end of `conn`) to `to`: frames are received, closes
+    /// disconnect it (their reasons collected). Returns what `to` sends back.
+    fn deliver(
+        to: &mut Replicator,
+        conn: ConnId,
+        actions: Vec<Action>,
+        closes: &mut Vec<String>,
+    ) -> Vec<Action> {
+        let mut replies = Vec::new();
+        for act in actions {
+            let why = match act {
+                Action::Send(_, f) => {
+                    replies.extend(to.received(conn, f));
+                    continue;
+                }
+                Action::Close(_, why) => why,
+                Action::Duplicate(_, peer) => format!("duplicate of {peer}'s"),
+                Action::Itself(_) => "itself".into(),
+            };
+            closes.push(why);
+            to.disconnected(conn);
+        }
+        replies
+    }
+
     /// Delivers actions between two replicas joined by connection `conn` until quiet; returns
     /// the reasons of closes.
     fn pump(
@@ -288,44 +313,10 @@ mod tests {
     ) -> Vec<String> {
         let mut closes = Vec::new();
         while !to_a.is_empty() || !to_b.is_empty() {
-            let mut next_a = Vec::new();
-            let mut next_b = Vec::new();
-            for act in to_b.drain(..) {
-                match act {
-                    Action::Send(_, f) => next_a.extend(b.received(conn, f)),
-                    Action::Close(_, why) => {
-                        closes.push(why);
-                        b.disconnected(conn);
-                    }
-                    Action::Duplicate(_, peer) => {
-                        closes.push(format!("duplicate of {peer}'s"));
-                        b.disconnected(conn);
-                    }
-                    Action::Itself(_) => {
-                        closes.push("itself".into());
-                        b.disconnected(conn);
-                    }
-                }
-            }
-            for act in to_a.drain(..) {
-                match act {
-                    Action::Send(_, f) => next_b.extend(a.received(conn, f)),
-                    Action::Close(_, why) => {
-                        closes.push(why);
-                        a.disconnected(conn);
-                    }
-                    Action::Duplicate(_, peer) => {
-                        closes.push(format!("duplicate of {peer}'s"));
-                        a.disconnected(conn);
-                    }
-                    Action::Itself(_) => {
-                        closes.push("itself".into());
-                        a.disconnected(conn);
-                    }
-                }
-            }
-            to_b = next_b;
+            let next_a = deliver(b, conn, std::mem::take(&mut to_b), &mut closes);
+            let next_b = deliver(a, conn, std::mem::take(&mut to_a), &mut closes);
             to_a = next_a;
+            to_b = next_b;
         }
         closes
     }

@@ -379,3 +379,26 @@ fn address_records(owner: &Name, addrs: &RrSet<IpAddr>, v4: bool, v6: bool) -> V
         })
         .collect()
 }
+
+/// The SRV name the shard tests publish under, with one `<name>.web.jitsi.test.` target each.
+pub const SHARDS_SRV: &str = "_http._tcp.web.jitsi.test.";
+
+/// Publishes `backends` (each on 127.0.0.1) as the SRV targets of [`SHARDS_SRV`].
+pub fn publish_shards(dns: &DnsServer, ttl: u32, backends: &[&super::Backend]) {
+    let records: Vec<(u16, u16, u16, String)> = backends
+        .iter()
+        .map(|b| (10, 50, b.addr.port(), format!("{}.web.jitsi.test.", b.name)))
+        .collect();
+    let refs: Vec<(u16, u16, u16, &str)> = records
+        .iter()
+        .map(|(p, w, port, t)| (*p, *w, *port, t.as_str()))
+        .collect();
+    dns.set_srv(SHARDS_SRV, ttl, &refs);
+    for b in backends {
+        dns.set_a(
+            &format!("{}.web.jitsi.test.", b.name),
+            ttl,
+            &["127.0.0.1".parse::<IpAddr>().unwrap()],
+        );
+    }
+}

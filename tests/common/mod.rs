@@ -471,5 +471,23 @@ pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     let status = r.status().as_u16();
     (status, r.text().await.unwrap())
 }
+/// Waits until `sg`'s `/readyz` shows `up` of `total` shards up in pool `shards`.
+pub async fn wait_for_members(sg: &Shardgate, up: usize, total: usize) {
+    let c = client();
+    let want = format!("pool shards: {up}/{total} shards up");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let body = get(&c, &sg.admin_url("/readyz")).await.1;
+        if body.contains(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wanted {want:?}, /readyz says {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub mod dns;
 pub mod webrtc;
