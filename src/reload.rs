@@ -1,7 +1,8 @@
 //! Reloading the config: parse -> validate -> build the new runtime from the old one (pools
 //! carry their state over) -> swap. A bad file changes nothing: the error is logged with its
 //! positions, counted, and shown on `/admin/config`. Settings that cannot change while running
-//! (listener and admin addresses, TLS files, the resolver) are reported as needing a restart;
+//! (listener and admin addresses, TLS files, the resolver, the shutdown timings, the UDP
+//! relay, the SFU, the peers) are reported as needing a restart;
 //! the rest of the change is applied. Triggers: the file watcher, SIGHUP, `POST /admin/reload`.
 
 use crate::config::{self, Config};
@@ -147,6 +148,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.sfu != new.sfu {
         out.push("[sfu]".to_owned());
     }
+    if old.peers != new.peers {
+        out.push("[peers]".to_owned());
+    }
     out
 }
 
@@ -260,5 +264,9 @@ mod tests {
         new.timeouts.shutdown_delay = Duration::from_secs(1);
         new.timeouts.idle = Duration::from_secs(1);
         assert_eq!(fixed_changes(&old, &new), ["timeouts.shutdown_delay"]);
+        let peers =
+            "[peers]\nlisten = \"127.0.0.1:7946\"\nlist = [\"127.0.0.1:7947\"]\nsecret = \"0123456789abcdef\"\n";
+        let with_peers = config::parse(&format!("{text}{peers}"), "b").unwrap();
+        assert_eq!(fixed_changes(&old, &with_peers), ["[peers]"]);
     }
 }

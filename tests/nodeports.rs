@@ -5,38 +5,11 @@
 
 mod common;
 
+use common::k8s::validate;
 use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Stdio};
-
-/// Validates every object against the Kubernetes schema, strictly.
-fn validate(objects: &[Value]) {
-    let tool =
-        std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
-    let dir = tempfile::tempdir().unwrap();
-    let files: Vec<_> = objects
-        .iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let p = dir.path().join(format!("{i}.json"));
-            std::fs::write(&p, serde_json::to_vec(o).unwrap()).unwrap();
-            p
-        })
-        .collect();
-    assert!(!files.is_empty());
-    let out = Command::new(&tool)
-        .args(["-k", "1.30.0", "--strict"])
-        .args(&files)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool}: {e} (pip install kubernetes-validate; .ci/run does)"));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn statefulset(replicas: u32) -> Value {
     json!({

@@ -490,4 +490,5 @@ pub async fn wait_for_members(sg: &Shardgate, up: usize, total: usize) {
 }
 
 pub mod dns;
+pub mod k8s;
 pub mod webrtc;
