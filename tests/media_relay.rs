@@ -259,3 +259,82 @@ async fn targets_by_name_follow_dns_and_unresolved_ports_drop() {
     ask_until(&client, public(0), "d", "jvb-0-restarted:d").await;
     drop((jvb0, jvb0_new, jvb1));
 }
+
+/// Bursts like a video frame's (equal datagrams, a shorter last one), empty datagrams among
+/// them, sent back to back so that the relay gathers them into single sends (GSO) both ways:
+/// every datagram arrives whole, once and in order, and its reply likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_arrive_whole_once_and_in_order() {
+    let jvb = Jvb::start("j", "127.0.0.10:0").await;
+    let port = free_udp_range(1);
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}[media]\nthreads = 1\n\n[[media.zone]]\nname = \"z2\"\nbind = \"127.0.0.1\"\n\
+         ports = \"{port}-{port}\"\ntargets = [\"{}\"]\n\n\
+         [[route]]\npath_prefix = \"/\"\nrespond = {{ status = 200, body = \"ok\" }}\n",
+        jvb.addr
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    let public = SocketAddr::from(([127, 0, 0, 1], port));
+    let client = std::sync::Arc::new(UdpSocket::bind("127.0.0.100:0").await.unwrap());
+    ask_until(&client, public, "hello", "j:hello").await;
+
+    const N: usize = 400;
+    let sent: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let len = match i {
+                _ if i % 97 == 0 => 0,
+                _ if i % 10 == 9 => 300,
+                _ => 1200,
+            };
+            (0..len).map(|k| (i * 31 + k) as u8).collect()
+        })
+        .collect();
+    let receiver = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            while got.len() < N {
+                let wait = client.recv_from(&mut buf);
+                match tokio::time::timeout(Duration::from_secs(5), wait).await {
+                    Ok(Ok((n, from))) => {
+                        assert_eq!(from, public);
+                        got.push(buf[..n].to_vec());
+                    }
+                    _ => break,
+                }
+            }
+            got
+        })
+    };
+    for burst in sent.chunks(10) {
+        for d in burst {
+            client.send_to(d, public).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let got = receiver.await.unwrap();
+    let expected: Vec<Vec<u8>> = sent
+        .iter()
+        .map(|d| [b"j:".as_slice(), d].concat())
+        .collect();
+    assert_eq!(got.len(), N, "replies received");
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert!(g == e, "reply {i}: {} bytes, expected {}", g.len(), e.len());
+    }
+    let metrics = wait_metric(
+        &sg,
+        "shardgate_media_datagrams_total{direction=\"out\",zone=\"z2\"}",
+        |n| n > N as u64,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "shardgate_media_datagrams_total{direction=\"in\",zone=\"z2\"}"
+        ),
+        Some(N as u64 + 1),
+        "{metrics}"
+    );
+}

@@ -1,9 +1,11 @@
 //! The relay's I/O: threads of their own (media never waits behind HTTP work), each with a
 //! single-threaded tokio runtime, a socket per public port (SO_REUSEPORT, so the kernel keeps a
 //! client on one thread and its flow table), and an upstream socket per flow. Receives are
-//! batched (recvmmsg, and GRO coalescing a client's burst); a coalesced burst is sent on as one
-//! GSO send when the kernel can, so a burst costs about one syscall each way.
+//! batched (recvmmsg, and GRO coalescing a client's burst); consecutive datagrams of a batch for
+//! one destination are sent on as one GSO send when the kernel can (see `burst`), so a burst
+//! costs about one trip through the kernel's UDP stack each way.
 
+use super::burst::Burst;
 use super::core::{Core, DropReason, FlowId, Limits, SourceCounts, Verdict};
 use super::targets::ZoneTargets;
 use crate::config::{Media, Zone};
@@ -118,6 +120,10 @@ impl Socket {
     /// send when the kernel takes it, else one send per datagram. `false` when the socket's
     /// buffer is full (the datagrams are dropped, as a router would).
     fn send(&self, to: SocketAddr, data: &[u8], stride: usize) -> bool {
+        if data.is_empty() {
+            // An empty datagram is a datagram too (chunks of nothing would send nothing).
+            return self.send_one(to, data);
+        }
         let segments = data.len().div_ceil(stride.max(1));
         if segments > 1 && segments <= self.state.max_gso_segments() {
             let t = Transmit {
@@ -131,17 +137,20 @@ impl Socket {
                 return true;
             }
         }
-        data.chunks(stride.max(1)).all(|chunk| {
-            if self.peer == Some(to) {
-                return self.try_send_connected(chunk);
-            }
-            self.try_send(&Transmit {
-                destination: to,
-                ecn: None,
-                contents: chunk,
-                segment_size: None,
-                src_ip: None,
-            })
+        data.chunks(stride.max(1))
+            .all(|chunk| self.send_one(to, chunk))
+    }
+
+    fn send_one(&self, to: SocketAddr, data: &[u8]) -> bool {
+        if self.peer == Some(to) {
+            return self.try_send_connected(data);
+        }
+        self.try_send(&Transmit {
+            destination: to,
+            ecn: None,
+            contents: data,
+            segment_size: None,
+            src_ip: None,
         })
     }
 
@@ -241,6 +250,10 @@ struct ZoneWorker {
     targets: Arc<ZoneTargets>,
     seen_targets: RefCell<Arc<Vec<Option<SocketAddr>>>>,
     metrics: ZoneMetrics,
+    /// Datagrams of the batch being handled, gathered per flow towards its target …
+    to_targets: RefCell<Burst<(FlowId, SocketAddr)>>,
+    /// … and per client (public port, client address) on the way back.
+    to_clients: RefCell<Burst<(u16, SocketAddr)>>,
 }
 
 impl ZoneWorker {
@@ -269,29 +282,41 @@ impl ZoneWorker {
     /// Datagrams from clients on public port `port`.
     fn on_client_datagrams(self: &Rc<Self>, port: u16, buf: &[u8], meta: &[RecvMeta]) {
         let now = Instant::now();
+        let mut burst = self.to_targets.borrow_mut();
         for (m, data) in meta.iter().zip(buf.chunks(MAX_BURST)) {
             let data = &data[..m.len];
-            let n = segments(m);
             let verdict = self.core.borrow_mut().from_client(port, m.addr, now);
             match verdict {
                 Verdict::ToTarget { flow, to, new } => {
                     if new && !self.open_flow(flow, to) {
                         continue;
                     }
-                    let socket = self.flows.borrow().get(&flow).map(|f| f.socket.clone());
-                    if let Some(socket) = socket {
-                        if socket.send(to, data, m.stride) {
-                            self.metrics.datagrams_in.inc_by(n as u64);
-                            self.metrics.bytes_in.inc_by(m.len as u64);
-                        } else {
-                            self.metrics.send_full.inc_by(n as u64);
-                        }
+                    if !burst.add((flow, to), data, m.stride) {
+                        self.send_to_target(&mut burst);
+                        burst.add((flow, to), data, m.stride);
                     }
                 }
-                Verdict::Drop(reason) => self.metrics.dropped(reason, n),
+                Verdict::Drop(reason) => self.metrics.dropped(reason, segments(m)),
                 Verdict::ToClient { .. } => unreachable!("client datagrams go to targets"),
             }
         }
+        self.send_to_target(&mut burst);
+    }
+
+    /// Sends what `burst` gathered for one flow through the flow's socket, and empties it.
+    fn send_to_target(&self, burst: &mut Burst<(FlowId, SocketAddr)>) {
+        if let Some(((flow, to), data, stride, n)) = burst.gathered() {
+            let socket = self.flows.borrow().get(&flow).map(|f| f.socket.clone());
+            if let Some(socket) = socket {
+                if socket.send(to, data, stride) {
+                    self.metrics.datagrams_in.inc_by(n as u64);
+                    self.metrics.bytes_in.inc_by(data.len() as u64);
+                } else {
+                    self.metrics.send_full.inc_by(n as u64);
+                }
+            }
+        }
+        burst.clear();
     }
 
     /// Binds the upstream socket of a new flow and starts receiving the target's replies.
@@ -323,24 +348,36 @@ impl ZoneWorker {
     /// Datagrams on the upstream socket of `flow`.
     fn on_target_datagrams(&self, flow: FlowId, buf: &[u8], meta: &[RecvMeta]) {
         let now = Instant::now();
+        let mut burst = self.to_clients.borrow_mut();
         for (m, data) in meta.iter().zip(buf.chunks(MAX_BURST)) {
             let data = &data[..m.len];
-            let n = segments(m);
             let verdict = self.core.borrow_mut().from_target(flow, m.addr, now);
             match verdict {
                 Verdict::ToClient { port, to } => {
-                    let socket = &self.public[usize::from(port - self.first_port)];
-                    if socket.send(to, data, m.stride) {
-                        self.metrics.datagrams_out.inc_by(n as u64);
-                        self.metrics.bytes_out.inc_by(m.len as u64);
-                    } else {
-                        self.metrics.send_full.inc_by(n as u64);
+                    if !burst.add((port, to), data, m.stride) {
+                        self.send_to_client(&mut burst);
+                        burst.add((port, to), data, m.stride);
                     }
                 }
-                Verdict::Drop(reason) => self.metrics.dropped(reason, n),
+                Verdict::Drop(reason) => self.metrics.dropped(reason, segments(m)),
                 Verdict::ToTarget { .. } => unreachable!("replies go to clients"),
             }
         }
+        self.send_to_client(&mut burst);
+    }
+
+    /// Sends what `burst` gathered for one client from its public port, and empties it.
+    fn send_to_client(&self, burst: &mut Burst<(u16, SocketAddr)>) {
+        if let Some(((port, to), data, stride, n)) = burst.gathered() {
+            let socket = &self.public[usize::from(port - self.first_port)];
+            if socket.send(to, data, stride) {
+                self.metrics.datagrams_out.inc_by(n as u64);
+                self.metrics.bytes_out.inc_by(data.len() as u64);
+            } else {
+                self.metrics.send_full.inc_by(n as u64);
+            }
+        }
+        burst.clear();
     }
 }
 
@@ -450,6 +487,7 @@ async fn run_thread(
             max_flows_per_source: zone.max_flows_per_source,
             max_flows: zone.max_flows as usize,
         };
+        let gso = public.first().map_or(1, |s| s.state.max_gso_segments());
         let worker = Rc::new(ZoneWorker {
             first_port: zone.ports.first,
             core: RefCell::new(Core::new(zone.ports, limits, sources[i].clone())),
@@ -458,6 +496,8 @@ async fn run_thread(
             seen_targets: RefCell::new(Arc::new(Vec::new())),
             targets: targets[i].clone(),
             metrics: ZoneMetrics::new(&shared, &zone.name),
+            to_targets: RefCell::new(Burst::new(gso)),
+            to_clients: RefCell::new(Burst::new(gso)),
         });
         worker.refresh_targets();
         for (k, socket) in worker.public.iter().enumerate() {

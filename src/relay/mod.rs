@@ -2,6 +2,7 @@
 //! one target (a JVB pod, a node's NodePort), like a NAT. `core` is the pure flow table; the
 //! driver (sockets, threads, target resolution) lives beside it behind the `server` feature.
 
+pub mod burst;
 pub mod core;
 #[cfg(feature = "server")]
 pub mod driver;
