@@ -268,6 +268,23 @@ fn unset_variable_is_named_and_set_variable_is_ok() {
         out.stderr
     );
 
+    // The placeholder of k8s/'s secrets.env.example, left in place, is refused.
+    let out = check(
+        &[&file],
+        &[(
+            "SHARDGATE_CLI_CHECK_TOKEN",
+            "replace-with-openssl-rand-hex-32",
+        )],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let errors = errors_in(&out.stderr, &file);
+    assert!(
+        errors[0].starts_with("6:9: admin.token: the example's placeholder"),
+        "{}",
+        out.stderr
+    );
+
     // With a default, unset is fine.
     let file = write(
         dir.path(),

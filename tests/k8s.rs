@@ -371,6 +371,7 @@ fn check_edge(what: &str, objects: &[Value]) -> Config {
     assert_eq!(name_of(admin_service), "shardgate-admin");
 
     check_network_policy(what, objects, &edge, &config);
+    check_node_ports(what, objects);
 
     match &config.peers {
         Some(peers) => {
@@ -411,52 +412,131 @@ fn srv_target(srv: &str, namespace: &str) -> (String, String) {
     )
 }
 
-/// The admin port only from inside (every rule that opens it says from whom); the listeners
-/// and the SFU's media from anywhere; the peer port only from the replicas.
+/// Whether a NetworkPolicy ingress rule lets traffic reach the container port `(name, number)`.
+fn rule_covers(rule: &Value, (name, number): (&str, u16)) -> bool {
+    let ports = array(&rule["ports"]);
+    ports.is_empty()
+        || ports
+            .iter()
+            .any(|p| p["port"] == name || p["port"] == number)
+}
+
+/// A label selector that selects everything (`{}`, or empty matchLabels and matchExpressions).
+fn empty_selector(s: &Value) -> bool {
+    s["matchLabels"].as_object().is_none_or(|m| m.is_empty())
+        && array(&s["matchExpressions"]).is_empty()
+}
+
+/// Whether a rule's peers are narrower than "everyone": each peer a non-empty pod or
+/// namespace selector (no empty selector, no address block).
+fn rule_from_selected(rule: &Value) -> bool {
+    let from = array(&rule["from"]);
+    !from.is_empty()
+        && from.iter().all(|peer| {
+            peer.get("ipBlock").is_none()
+                && ["podSelector", "namespaceSelector"]
+                    .iter()
+                    .filter_map(|k| peer.get(*k))
+                    .any(|s| !empty_selector(s))
+                && !peer.get("podSelector").is_some_and(empty_selector)
+        })
+}
+
+/// The admin port reached only from selected namespaces or pods (never from anyone, nor from
+/// the whole namespace, whose web pods face the internet); the peer port only from the
+/// replicas; the listeners and the SFU's media from anywhere.
 fn check_network_policy(what: &str, objects: &[Value], edge: &Edge, config: &Config) {
     let policy = objects
         .iter()
         .find(|o| o["kind"] == "NetworkPolicy" && selects(&o["spec"]["podSelector"], edge.labels()))
         .unwrap_or_else(|| panic!("{what}: no NetworkPolicy for the edge"));
-    let rules = array(&policy["spec"]["ingress"]);
-    let opened_to_all = |port: &str| {
-        rules.iter().any(|r| {
-            r.get("from").is_none() && array(&r["ports"]).iter().any(|p| p["port"] == port)
-        })
-    };
-    let opened_at_all = |port: &str| {
-        rules
-            .iter()
-            .any(|r| array(&r["ports"]).iter().any(|p| p["port"] == port))
-    };
-    for name in ["admin", "peers"] {
-        assert!(!opened_to_all(name), "{what}: {name} port open to all");
-    }
     assert!(
-        opened_at_all("admin"),
+        array(&policy["spec"]["policyTypes"]).contains(&json!("Ingress")),
+        "{what}: the policy does not restrict ingress"
+    );
+    let rules = array(&policy["spec"]["ingress"]);
+    fn port<'n>(edge: &Edge, name: &'n str) -> (&'n str, u16) {
+        let (number, _) = edge.port(name).unwrap_or_else(|| panic!("no port {name}"));
+        (name, number)
+    }
+    let port = |name: &'static str| port(edge, name);
+    let admin = port("admin");
+    let covering: Vec<&Value> = rules.iter().filter(|r| rule_covers(r, admin)).collect();
+    assert!(
+        !covering.is_empty(),
         "{what}: admin port closed to Prometheus"
     );
-    assert_eq!(
-        opened_at_all("peers"),
-        config.peers.is_some(),
-        "{what}: peers"
-    );
+    for r in &covering {
+        assert!(rule_from_selected(r), "{what}: admin port too open: {r}");
+    }
+    if config.peers.is_some() {
+        for r in rules.iter().filter(|r| rule_covers(r, port("peers"))) {
+            let from = array(&r["from"]);
+            assert!(
+                !from.is_empty()
+                    && from.iter().all(|p| p.get("namespaceSelector").is_none()
+                        && selects(&p["podSelector"], edge.labels())),
+                "{what}: peer port open beyond the replicas: {r}"
+            );
+        }
+    }
+    let open = |p: (&str, u16)| {
+        rules
+            .iter()
+            .any(|r| rule_covers(r, p) && r.get("from").is_none())
+    };
     for name in ["http", "https"] {
-        assert!(opened_to_all(name), "{what}: {name} closed");
+        assert!(open(port(name)), "{what}: {name} closed");
     }
     if config.sfu.is_some() {
-        assert!(opened_to_all("media"), "{what}: the SFU's UDP port closed");
+        assert!(open(port("media")), "{what}: the SFU's UDP port closed");
+    }
+}
+
+/// Node ports the edge's Services fix are in the band Kubernetes keeps for fixed ports
+/// (30000-30085 of the default range), so they never take a JVB's per-pod port.
+fn check_node_ports(what: &str, objects: &[Value]) {
+    for s in objects.iter().filter(|o| o["kind"] == "Service") {
+        let t = s["spec"]["type"].as_str().unwrap_or("ClusterIP");
+        if t != "NodePort" && t != "LoadBalancer" {
+            continue;
+        }
+        let mut ports: Vec<&Value> = array(&s["spec"]["ports"])
+            .iter()
+            .map(|p| &p["nodePort"])
+            .collect();
+        if s["spec"]["externalTrafficPolicy"] == "Local" && t == "LoadBalancer" {
+            ports.push(&s["spec"]["healthCheckNodePort"]);
+        }
+        for p in ports {
+            let n = p.as_u64().unwrap_or_else(|| {
+                panic!(
+                    "{what}: Service {} leaves a node port to chance",
+                    name_of(s)
+                )
+            });
+            assert!(
+                (30000..=30085).contains(&n),
+                "{what}: Service {} node port {n} is where Kubernetes hands out ports",
+                name_of(s)
+            );
+        }
     }
 }
 
 /// The hook's URL names the admin Service, its port and the paths the admin listener serves.
-fn check_decorator(objects: &[Value], admin_port: u16) {
+fn check_decorator(objects: &[Value]) {
     let dc = get(objects, "DecoratorController", "shardgate-jvb-nodeports");
     assert_eq!(dc["apiVersion"], "metacontroller.k8s.io/v1alpha1");
     assert!(dc["metadata"].get("namespace").is_none(), "cluster-scoped");
     let svc = get(objects, "Service", "shardgate-admin");
     let ns = svc["metadata"]["namespace"].as_str().unwrap();
-    let base = format!("http://shardgate-admin.{ns}:{admin_port}/hooks/nodeports");
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(port["targetPort"], "admin");
+    let base = format!(
+        "http://shardgate-admin.{ns}:{}/hooks/nodeports",
+        port["port"]
+    );
     let hooks = &dc["spec"]["hooks"];
     assert_eq!(hooks["sync"]["webhook"]["url"], base);
     assert_eq!(
@@ -493,7 +573,7 @@ fn the_jitsi_overlay_renders_validates_and_fits_together() {
     let config = check_edge("jitsi-shards", &objects);
     let edge = Edge::of(&objects);
     assert_eq!(edge.namespace, "jitsi");
-    check_decorator(&objects, config.admin.as_ref().unwrap().addr.port());
+    check_decorator(&objects);
 
     // Every SRV name the pools look up is a headless Service of the overlay, with the port.
     let mut names: Vec<&str> = Vec::new();
@@ -550,15 +630,55 @@ fn the_small_overlay_runs_the_sfu_on_a_udp_node_port() {
     assert!(find(&objects, "Service", "shardgate-headless").is_none());
 }
 
+/// The optional components, added where the README says (where the namespace is set): their
+/// objects land in the edge's namespace and fit it.
 #[test]
-fn the_base_with_its_components_renders_and_validates() {
+fn the_components_render_into_the_edges_namespace() {
     let copy = k8s_copy();
-    let dir = copy.path().join("k8s/overlays/all-components");
+    let edge_dir = copy.path().join("k8s/overlays/jitsi-shards/edge");
+    let kustomization = edge_dir.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&kustomization).unwrap();
+    std::fs::write(
+        &kustomization,
+        format!(
+            "{text}\ncomponents:\n  - ../../../components/podmonitor\n  \
+             - ../../../components/cert-manager\n"
+        ),
+    )
+    .unwrap();
+    let objects = kustomize(&copy.path().join("k8s/overlays/jitsi-shards"));
+    validate_rendering("components", &objects);
+    check_edge("components", &objects);
+    let edge = Edge::of(&objects);
+
+    let monitor = get(&objects, "PodMonitor", "shardgate");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["namespace"], edge.namespace.as_str());
+    assert!(selects(&monitor["spec"]["selector"], edge.labels()));
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "admin");
+    assert_eq!(endpoint["path"], "/metrics");
+
+    let cert = get(&objects, "Certificate", "shardgate-tls");
+    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+    assert_eq!(cert["metadata"]["namespace"], edge.namespace.as_str());
+    assert_eq!(
+        cert["spec"]["secretName"],
+        edge.volume("tls")["secret"]["secretName"]
+    );
+    assert!(!array(&cert["spec"]["dnsNames"]).is_empty());
+    assert!(cert["spec"]["issuerRef"]["name"].is_string());
+}
+
+/// The base alone renders and validates (overlays build on it).
+#[test]
+fn the_base_renders_and_validates() {
+    let copy = k8s_copy();
+    let dir = copy.path().join("k8s/overlays/base-only");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("kustomization.yaml"),
         "resources: [../../base]\n\
-         components: [../../components/podmonitor, ../../components/cert-manager]\n\
          secretGenerator:\n\
          - name: shardgate-secrets\n\
          \x20 literals: [admin-token=a, peers-secret=b]\n",
@@ -567,23 +687,6 @@ fn the_base_with_its_components_renders_and_validates() {
     let objects = kustomize(&dir);
     validate_rendering("base", &objects);
     check_edge("base", &objects);
-    let edge = Edge::of(&objects);
-
-    let monitor = get(&objects, "PodMonitor", "shardgate");
-    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
-    assert!(selects(&monitor["spec"]["selector"], edge.labels()));
-    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
-    assert_eq!(endpoint["port"], "admin");
-    assert_eq!(endpoint["path"], "/metrics");
-
-    let cert = get(&objects, "Certificate", "shardgate-tls");
-    assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
-    assert_eq!(
-        cert["spec"]["secretName"],
-        edge.volume("tls")["secret"]["secretName"]
-    );
-    assert!(!array(&cert["spec"]["dnsNames"]).is_empty());
-    assert!(cert["spec"]["issuerRef"]["name"].is_string());
 }
 
 /// The example JVB StatefulSet passes the schema, is found by the overlay's `jvb` Service, and
@@ -776,7 +879,6 @@ fn every_file_in_k8s_is_rendered_or_checked() {
     for f in &files {
         let name = f.file_name().unwrap().to_str().unwrap();
         let known = named.contains(f)
-            || named.contains(f.parent().unwrap())
             || name == "jvb-statefulset.yaml"
             || name == ".gitignore"
             || name.ends_with(".md")

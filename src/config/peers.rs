@@ -51,6 +51,12 @@ pub(crate) fn validate(p: &Peers) -> Vec<(String, String)> {
             ),
         ));
     }
+    if super::validate::is_placeholder(&p.secret) {
+        errors.push((
+            "peers.secret".into(),
+            super::validate::PLACEHOLDER_ERROR.into(),
+        ));
+    }
     if p.listen.port() == 0 {
         errors.push((
             "peers.listen".into(),

@@ -39,6 +39,9 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
                 "empty token; remove the key to disable /admin/* or set a secret".into(),
             );
         }
+        if admin.token.as_deref().is_some_and(is_placeholder) {
+            err("admin.token".into(), PLACEHOLDER_ERROR.into());
+        }
     }
 
     let t = &c.timeouts;
@@ -541,3 +544,12 @@ fn validate_media(c: &Config) -> Vec<(String, String)> {
     }
     errors
 }
+
+/// The placeholder the example secrets in k8s/ carry (`secrets.env.example`): a deployment
+/// still using it would run with a secret everyone knows.
+pub(super) fn is_placeholder(secret: &str) -> bool {
+    secret.starts_with("replace-with-")
+}
+
+pub(super) const PLACEHOLDER_ERROR: &str =
+    "the example's placeholder; set a secret of your own (e.g. `openssl rand -hex 32`)";
