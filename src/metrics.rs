@@ -43,6 +43,8 @@ pub struct Metrics {
     pub media_lookups: IntCounterVec,
     /// The in-process SFU (see `crate::sfu::driver`).
     pub sfu: SfuMetrics,
+    /// Stick-table replication (see `crate::peers::driver`).
+    pub peers: PeerMetrics,
 }
 
 impl Metrics {
@@ -205,8 +207,48 @@ impl Metrics {
                 &["stat"],
             ),
         };
+        let peers = PeerMetrics {
+            connections: gauge(
+                "shardgate_peers_connections",
+                "Connections to other replicas by state (handshaking, syncing, synced)",
+                &["state"],
+            ),
+            synced: gauge(
+                "shardgate_peer_synced",
+                "1 once the other replica's whole table arrived on the connection, by replica",
+                &["replica"],
+            ),
+            entries: gauge(
+                "shardgate_peer_entries",
+                "Stick-table entries exchanged on the connection to each replica (sent, received)",
+                &["replica", "direction"],
+            ),
+            silence: gauge(
+                "shardgate_peer_silence_seconds",
+                "Seconds since the last frame from each replica (pinged every 5 s; closed at 15 s)",
+                &["replica"],
+            ),
+            entries_total: counter(
+                "shardgate_peers_entries_total",
+                "Stick-table entries sent to and received from other replicas",
+                &["direction"],
+            ),
+            conflicts_lost: counter(
+                "shardgate_peers_conflicts_lost_total",
+                "Received placements that replaced this replica's (a room placed on two shards at once)",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+            refused: counter(
+                "shardgate_peers_refused_total",
+                "Peer connections refused in the handshake (wrong secret, other protocol)",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
+        };
         Metrics {
             sfu,
+            peers,
             registry,
             media_datagrams,
             media_bytes,
@@ -256,6 +298,17 @@ pub struct SfuMetrics {
     pub keyframe_requests: prometheus::IntCounter,
     pub peer_faults: prometheus::IntCounter,
     pub estimated_bitrate: IntGaugeVec,
+}
+
+/// Stick-table replication's metrics; its driver sets them once a second.
+pub struct PeerMetrics {
+    pub connections: IntGaugeVec,
+    pub synced: IntGaugeVec,
+    pub entries: IntGaugeVec,
+    pub silence: IntGaugeVec,
+    pub entries_total: IntCounterVec,
+    pub conflicts_lost: prometheus::IntCounter,
+    pub refused: prometheus::IntCounter,
 }
 
 /// `2xx`, `4xx`, …; `none` when no response was written.

@@ -108,14 +108,6 @@ async fn wait_metric(sg: &Shardgate, line_start: &str, ok: impl Fn(u64) -> bool)
     }
 }
 
-fn metric(metrics: &str, line_start: &str) -> Option<u64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_reach_their_ports_jvb_flows_expire_and_floods_stop_at_the_limit() {
     let jvbs = [

@@ -1,8 +1,7 @@
-//! Stick-table replication (WIP): three replicas in front of shards found by a real DNS server
-//! in the test process; rooms arrive through random replicas, one replica restarts, and a shard
-//! is added. With
-//! `[peers]` no room is ever served by two shards; without, the same scenario splits rooms (so
-//! the test can fail).
+//! Stick-table replication: three replicas in front of shards found by a real DNS server in the
+//! test process; rooms arrive through random replicas, one replica restarts, and a shard is
+//! added. With `[peers]` no room is ever served by two shards; without, the same scenario splits
+//! rooms (so the test can fail). And a frozen replica is dropped after its silence, then rejoins.
 
 mod common;
 
@@ -111,4 +110,110 @@ async fn without_peers_the_same_scenario_splits_rooms() {
         split > ROOMS / 20,
         "the control should split rooms: {split}"
     );
+}
+
+/// The metrics of a replica's admin listener.
+async fn scrape(r: &Shardgate) -> String {
+    get(&client(), &r.admin_url("/metrics")).await.1
+}
+
+/// Waits up to `secs` for `ok(scrape)`; returns the scrape and how long it took.
+async fn wait_scrape(r: &Shardgate, secs: u64, ok: impl Fn(&str) -> bool) -> (String, Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let m = scrape(r).await;
+        if ok(&m) {
+            return (m, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "not as expected after {secs} s:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn signal(r: &Shardgate, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &r.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A replica that stops answering without closing its connections (a frozen process: the
+/// kernel still acknowledges TCP) is dropped by the others once nothing was heard from it for
+/// 15 s, not much before; once it runs again, the two reconnect and sync. The metrics show each
+/// peer's state, silence and entries all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_replica_is_dropped_then_rejoins() {
+    let backends = [
+        Backend::start("shard-0").await,
+        Backend::start("shard-1").await,
+    ];
+    let ports = [free_port(), free_port()];
+    let list = format!("\"127.0.0.1:{}\", \"127.0.0.1:{}\"", ports[0], ports[1]);
+    let replicas: Vec<Shardgate> = ports
+        .iter()
+        .map(|port| {
+            let (head, http, admin) = config_head("t");
+            let text = format!(
+                "{head}[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{list}]\n\
+                 secret = \"0123456789abcdef-test\"\nsync_wait = \"5s\"\n\n{}\
+                 [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+                shard_pool("shards", &[&backends[0], &backends[1]])
+            );
+            Shardgate::start(&text, http, admin)
+        })
+        .collect();
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let synced = |m: &str| metric(m, "shardgate_peers_connections{state=\"synced\"}") == Some(1);
+    wait_scrape(a, 20, synced).await;
+    wait_scrape(b, 20, synced).await;
+
+    // A room placed through a reaches b; both count it, per peer and in total.
+    let (status, _) = get(&client(), &a.url("/http-bind?room=frozen")).await;
+    assert_eq!(status, 200);
+    let (m, _) = wait_scrape(b, 10, |m| {
+        metric(m, "shardgate_peers_entries_total{direction=\"received\"}") >= Some(1)
+    })
+    .await;
+    for line in [
+        "shardgate_peer_synced{replica=",
+        "shardgate_peer_silence_seconds{replica=",
+        "shardgate_peer_entries{direction=\"received\",replica=",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+    let peers: serde_json::Value = client()
+        .get(b.admin_url("/admin/peers"))
+        .bearer_auth("t")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conn = &peers["connections"][0];
+    assert!(conn["entries_received"].as_u64() >= Some(1), "{peers}");
+    assert!(conn["silent_ms"].as_u64() < Some(15_000), "{peers}");
+
+    // b freezes: a keeps the connection while pings are due, and drops it at 15 s of silence.
+    signal(b, "-STOP");
+    let (_, took) = wait_scrape(a, 30, |m| {
+        metric(m, "shardgate_peers_connections{state=\"synced\"}") == Some(0)
+            && !m.contains("shardgate_peer_synced{replica=")
+    })
+    .await;
+    println!("a frozen replica was dropped after {took:?}");
+    // Silence counts from b's last ping, up to 5 s (and a 1 s tick) before the freeze.
+    assert!(
+        took >= Duration::from_secs(9),
+        "dropped too early: {took:?}"
+    );
+
+    // b runs again: they reconnect and sync.
+    signal(b, "-CONT");
+    wait_scrape(a, 30, synced).await;
+    wait_scrape(b, 30, synced).await;
 }

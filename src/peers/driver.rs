@@ -2,13 +2,13 @@
 //! reader and a writer task per connection, and the loop that feeds the [`Replicator`] and
 //! flushes placements every few milliseconds.
 
-use super::replicator::{Action, ConnId, Replicator};
+use super::replicator::{Action, ConnId, PeerStatus, Replicator, Totals};
 use super::wire::{decode, encode, Frame};
 use crate::routing::{Placement, StickTable};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -169,7 +169,7 @@ pub fn start(
         .peers_synced
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let synced = Readiness::new(shared.peers_synced.clone(), config.sync_wait);
-    let status = shared.peers_status.clone();
+    let report_to = shared.clone();
     std::thread::Builder::new()
         .name("peers".into())
         .spawn(move || {
@@ -188,7 +188,7 @@ pub fn start(
                             source,
                             resolver,
                             synced,
-                            Some(status),
+                            Some(report_to),
                             replica,
                             secret,
                             tables,
@@ -211,7 +211,7 @@ pub async fn run(
     source: Source,
     resolver: Option<hickory_resolver::TokioResolver>,
     synced: Readiness,
-    status: Option<Arc<std::sync::Mutex<Option<serde_json::Value>>>>,
+    report_to: Option<Arc<crate::state::Shared>>,
     replica: u64,
     secret: Arc<[u8]>,
     tables: impl Fn() -> HashMap<Arc<str>, StickTable>,
@@ -221,7 +221,7 @@ pub async fn run(
     let mut r = Replicator::new(replica, secret);
     r.set_tables(tables());
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut writers: HashMap<ConnId, mpsc::UnboundedSender<Frame>> = HashMap::new();
+    let mut writers: HashMap<ConnId, ConnIo> = HashMap::new();
     let mut dialled: HashMap<ConnId, SocketAddr> = HashMap::new();
     let mut dialling: HashSet<SocketAddr> = HashSet::new();
     // Addresses whose replica (this id) has the lower id and dials us: not dialled while a
@@ -231,6 +231,9 @@ pub async fn run(
     let mut itself: HashSet<SocketAddr> = HashSet::new();
     let mut next_conn: ConnId = 1;
     let mut rounds = 0u64;
+    let start = Instant::now();
+    let now_ms = || start.elapsed().as_millis() as u64;
+    let mut reported = Reported::default();
     let mut report = tokio::time::interval(Duration::from_secs(1));
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut dial = tokio::time::interval(DIAL_EVERY);
@@ -255,9 +258,9 @@ pub async fn run(
                         dialled.insert(conn, addr);
                     }
                     writers.insert(conn, spawn_conn(conn, stream, events_tx.clone()));
-                    r.connected(conn, to.is_some(), nonce())
+                    r.connected(conn, to.is_some(), nonce(), now_ms())
                 }
-                Some(Event::Frame(conn, frame)) => r.received(conn, frame),
+                Some(Event::Frame(conn, frame)) => r.received(conn, frame, now_ms()),
                 Some(Event::Down(conn)) => {
                     r.disconnected(conn);
                     writers.remove(&conn);
@@ -279,34 +282,15 @@ pub async fn run(
             },
             _ = flush.tick() => r.flush(),
             _ = report.tick() => {
-                if let Some(status) = &status {
-                    let conns: Vec<serde_json::Value> = r
-                        .connections()
-                        .into_iter()
-                        .map(|(conn, peer, by_us, synced)| {
-                            serde_json::json!({
-                                "connection": conn,
-                                "replica": format!("{peer:016x}"),
-                                "address": dialled.get(&conn).map(|a| a.to_string()),
-                                "dialled_by": if by_us { "this replica" } else { "the other" },
-                                "synced": synced,
-                            })
-                        })
-                        .collect();
-                    let t = r.totals();
-                    *status.lock().unwrap_or_else(|e| e.into_inner()) = Some(serde_json::json!({
-                        "replica": format!("{replica:016x}"),
-                        "listen": own.map(|a| a.to_string()),
-                        "ready": synced.done(),
-                        "connections": conns,
-                        "handshaking": r.handshaking(),
-                        "entries_sent": t.entries_sent,
-                        "entries_received": t.entries_received,
-                        "conflicts_lost": t.replaced,
-                        "refused": t.refused,
-                    }));
+                let now = now_ms();
+                let out = r.tick(now);
+                if let Some(shared) = &report_to {
+                    let peers = r.connections(now);
+                    let status = status_json(replica, own, synced.done(), &peers, &dialled, &r);
+                    *shared.peers_status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                    reported.update(&shared.metrics.peers, &peers, r.handshaking(), r.totals());
                 }
-                Vec::new()
+                out
             }
             _ = dial.tick() => {
                 let connected: HashSet<SocketAddr> = dialled.values().copied().collect();
@@ -351,22 +335,25 @@ pub async fn run(
             match action {
                 Action::Send(conn, frame) => {
                     if let Some(w) = writers.get(&conn) {
-                        let _ = w.send(frame);
+                        let _ = w.frames.send(frame);
                     }
                 }
+                // Closing drops the connection's reader too, so no `Down` follows: forget it
+                // here, or its address would count as connected and never be dialled again.
                 Action::Close(conn, why) => {
                     info!(conn, reason = %why, "peer connection closed");
                     writers.remove(&conn);
+                    dialled.remove(&conn);
                 }
                 Action::Duplicate(conn, peer) => {
-                    if let Some(addr) = dialled.get(&conn) {
-                        yield_to.insert(*addr, peer);
+                    if let Some(addr) = dialled.remove(&conn) {
+                        yield_to.insert(addr, peer);
                     }
                     writers.remove(&conn);
                 }
                 Action::Itself(conn) => {
-                    if let Some(addr) = dialled.get(&conn) {
-                        itself.insert(*addr);
+                    if let Some(addr) = dialled.remove(&conn) {
+                        itself.insert(addr);
                     }
                     writers.remove(&conn);
                 }
@@ -375,13 +362,21 @@ pub async fn run(
     }
 }
 
-/// Starts a connection's reader and writer; frames to send go into the returned sender, and
-/// dropping it closes the connection.
-fn spawn_conn(
-    conn: ConnId,
-    stream: TcpStream,
-    events: mpsc::UnboundedSender<Event>,
-) -> mpsc::UnboundedSender<Frame> {
+/// A connection's reader and writer: frames to send go into `frames`; dropping it closes the
+/// connection (the writer finishes what it has and shuts the stream down; the reader, which a
+/// silent replica would keep waiting forever, is stopped).
+struct ConnIo {
+    frames: mpsc::UnboundedSender<Frame>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for ConnIo {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn spawn_conn(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<Event>) -> ConnIo {
     let (mut rd, mut wr) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
     tokio::spawn(async move {
@@ -394,7 +389,7 @@ fn spawn_conn(
         }
         let _ = wr.shutdown().await;
     });
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut pending: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         'read: loop {
@@ -421,7 +416,108 @@ fn spawn_conn(
         }
         let _ = events.send(Event::Down(conn));
     });
-    tx
+    ConnIo {
+        frames: tx,
+        reader: reader.abort_handle(),
+    }
+}
+
+/// `/admin/peers`' answer.
+fn status_json(
+    replica: u64,
+    own: Option<SocketAddr>,
+    ready: bool,
+    peers: &[PeerStatus],
+    dialled: &HashMap<ConnId, SocketAddr>,
+    r: &Replicator,
+) -> serde_json::Value {
+    let conns: Vec<serde_json::Value> = peers
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "connection": p.conn,
+                "replica": format!("{:016x}", p.replica),
+                "address": dialled.get(&p.conn).map(|a| a.to_string()),
+                "dialled_by": if p.dialled { "this replica" } else { "the other" },
+                "synced": p.synced,
+                "entries_sent": p.entries_sent,
+                "entries_received": p.entries_received,
+                "silent_ms": p.silent_ms,
+            })
+        })
+        .collect();
+    let t = r.totals();
+    serde_json::json!({
+        "replica": format!("{replica:016x}"),
+        "listen": own.map(|a| a.to_string()),
+        "ready": ready,
+        "connections": conns,
+        "handshaking": r.handshaking(),
+        "entries_sent": t.entries_sent,
+        "entries_received": t.entries_received,
+        "conflicts_lost": t.replaced,
+        "refused": t.refused,
+    })
+}
+
+/// What the metrics were last set from: the totals (counters grow by the difference) and the
+/// replicas labelled (a replica gone has its series removed).
+#[derive(Default)]
+struct Reported {
+    totals: Totals,
+    replicas: HashSet<String>,
+}
+
+impl Reported {
+    fn update(
+        &mut self,
+        m: &crate::metrics::PeerMetrics,
+        peers: &[PeerStatus],
+        handshaking: usize,
+        totals: &Totals,
+    ) {
+        let synced = peers.iter().filter(|p| p.synced).count();
+        for (state, n) in [
+            ("handshaking", handshaking),
+            ("syncing", peers.len() - synced),
+            ("synced", synced),
+        ] {
+            m.connections.with_label_values(&[state]).set(n as i64);
+        }
+        let mut now = HashSet::new();
+        for p in peers {
+            let id = format!("{:016x}", p.replica);
+            m.synced.with_label_values(&[&id]).set(i64::from(p.synced));
+            m.entries
+                .with_label_values(&[&id, "sent"])
+                .set(p.entries_sent as i64);
+            m.entries
+                .with_label_values(&[&id, "received"])
+                .set(p.entries_received as i64);
+            m.silence
+                .with_label_values(&[&id])
+                .set((p.silent_ms / 1000) as i64);
+            now.insert(id);
+        }
+        for gone in self.replicas.difference(&now) {
+            let _ = m.synced.remove_label_values(&[gone]);
+            let _ = m.entries.remove_label_values(&[gone, "sent"]);
+            let _ = m.entries.remove_label_values(&[gone, "received"]);
+            let _ = m.silence.remove_label_values(&[gone]);
+        }
+        self.replicas = now;
+        let grew = |now: u64, before: u64| now.saturating_sub(before);
+        m.entries_total
+            .with_label_values(&["sent"])
+            .inc_by(grew(totals.entries_sent, self.totals.entries_sent));
+        m.entries_total
+            .with_label_values(&["received"])
+            .inc_by(grew(totals.entries_received, self.totals.entries_received));
+        m.conflicts_lost
+            .inc_by(grew(totals.replaced, self.totals.replaced));
+        m.refused.inc_by(grew(totals.refused, self.totals.refused));
+        self.totals = totals.clone();
+    }
 }
 
 fn nonce() -> [u8; 16] {

@@ -7,6 +7,9 @@
 //! - New placements (and refreshes, at most one per room per quarter of the table's idle time)
 //!   are batched and sent to every open connection at the next `flush`.
 //! - Entries received are merged (see `StickTable::merge`): everyone converges on the same shard.
+//! - Open connections are pinged every [`PING_EVERY_MS`]; a connection that heard nothing for
+//!   [`SILENCE_MS`] (a replica gone without a TCP reset, a handshake that stalls) is closed, so
+//!   its replica is dialled again. Time is passed in (milliseconds on the driver's clock).
 
 use super::session::{Handshake, HandshakeError};
 use super::wire::{Entry, Frame, MAX_ENTRIES};
@@ -16,6 +19,11 @@ use std::sync::Arc;
 
 /// A connection, numbered by the driver.
 pub type ConnId = u64;
+
+/// How often an open connection is pinged.
+pub const PING_EVERY_MS: u64 = 5_000;
+/// A connection that heard nothing this long is closed.
+pub const SILENCE_MS: u64 = 15_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -33,6 +41,28 @@ struct Conn {
     dialled: bool,
     /// The other side's whole table has arrived.
     synced: bool,
+    /// Entries sent on it and received from it.
+    sent: u64,
+    received: u64,
+    /// When a frame last arrived on it, and when it was last pinged.
+    heard_ms: u64,
+    pinged_ms: u64,
+}
+
+/// An open connection, for `/admin/peers` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub conn: ConnId,
+    /// The other replica's id.
+    pub replica: u64,
+    /// This replica dialled it.
+    pub dialled: bool,
+    /// The other side's whole table has arrived.
+    pub synced: bool,
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    /// Since the last frame from it (pings keep this under [`PING_EVERY_MS`] or so).
+    pub silent_ms: u64,
 }
 
 /// Running totals for metrics and `/admin/peers`.
@@ -72,7 +102,13 @@ impl Replicator {
     }
 
     /// A connection is up (`dialled` by this replica or accepted); returns the hello to send.
-    pub fn connected(&mut self, conn: ConnId, dialled: bool, nonce: [u8; 16]) -> Vec<Action> {
+    pub fn connected(
+        &mut self,
+        conn: ConnId,
+        dialled: bool,
+        nonce: [u8; 16],
+        now_ms: u64,
+    ) -> Vec<Action> {
         let (handshake, hello) = Handshake::start(&self.secret, self.replica, nonce);
         self.conns.insert(
             conn,
@@ -80,6 +116,10 @@ impl Replicator {
                 handshake,
                 dialled,
                 synced: false,
+                sent: 0,
+                received: 0,
+                heard_ms: now_ms,
+                pinged_ms: now_ms,
             },
         );
         vec![Action::Send(conn, hello)]
@@ -90,10 +130,11 @@ impl Replicator {
     }
 
     /// A frame arrived on `conn`.
-    pub fn received(&mut self, conn: ConnId, frame: Frame) -> Vec<Action> {
+    pub fn received(&mut self, conn: ConnId, frame: Frame, now_ms: u64) -> Vec<Action> {
         let Some(c) = self.conns.get_mut(&conn) else {
             return Vec::new();
         };
+        c.heard_ms = c.heard_ms.max(now_ms);
         if !c.handshake.is_open() {
             return match c.handshake.on_frame(&frame) {
                 Err(e) => self.refuse(conn, e),
@@ -109,6 +150,7 @@ impl Replicator {
         }
         match frame {
             Frame::Entries(entries) => {
+                c.received += entries.len() as u64;
                 self.totals.entries_received += entries.len() as u64;
                 for e in entries {
                     self.merge(e);
@@ -150,9 +192,42 @@ impl Replicator {
         for chunk in pending.chunks(MAX_ENTRIES) {
             for conn in &open {
                 self.totals.entries_sent += chunk.len() as u64;
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.sent += chunk.len() as u64;
+                }
                 out.push(Action::Send(*conn, Frame::Entries(chunk.to_vec())));
             }
         }
+        out
+    }
+
+    /// Pings open connections that are due, and closes connections (open or in their
+    /// handshake) that heard nothing for [`SILENCE_MS`].
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut silent: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ms.saturating_sub(c.heard_ms) >= SILENCE_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        silent.sort_unstable();
+        for conn in silent {
+            self.conns.remove(&conn);
+            out.push(Action::Close(
+                conn,
+                format!("nothing heard for {} s", SILENCE_MS / 1000),
+            ));
+        }
+        let mut due: Vec<ConnId> = Vec::new();
+        for (id, c) in &mut self.conns {
+            if c.handshake.is_open() && now_ms.saturating_sub(c.pinged_ms) >= PING_EVERY_MS {
+                c.pinged_ms = now_ms;
+                due.push(*id);
+            }
+        }
+        due.sort_unstable();
+        out.extend(due.into_iter().map(|id| Action::Send(id, Frame::Ping)));
         out
     }
 
@@ -179,16 +254,25 @@ impl Replicator {
         (synced, all)
     }
 
-    /// Each open connection: (conn, the other replica's id, this replica dialled it, its
-    /// whole table arrived).
-    pub fn connections(&self) -> Vec<(ConnId, u64, bool, bool)> {
-        let mut v: Vec<_> = self
+    /// Each open connection, by connection number.
+    pub fn connections(&self, now_ms: u64) -> Vec<PeerStatus> {
+        let mut v: Vec<PeerStatus> = self
             .conns
             .iter()
             .filter(|(_, c)| c.handshake.is_open())
-            .filter_map(|(id, c)| Some((*id, c.handshake.peer()?, c.dialled, c.synced)))
+            .filter_map(|(id, c)| {
+                Some(PeerStatus {
+                    conn: *id,
+                    replica: c.handshake.peer()?,
+                    dialled: c.dialled,
+                    synced: c.synced,
+                    entries_sent: c.sent,
+                    entries_received: c.received,
+                    silent_ms: now_ms.saturating_sub(c.heard_ms),
+                })
+            })
             .collect();
-        v.sort_unstable();
+        v.sort_unstable_by_key(|p| p.conn);
         v
     }
 
@@ -233,6 +317,9 @@ impl Replicator {
             }
         }
         self.totals.entries_sent += entries.len() as u64;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sent += entries.len() as u64;
+        }
         let mut out: Vec<Action> = entries
             .chunks(MAX_ENTRIES)
             .map(|c| Action::Send(conn, Frame::Entries(c.to_vec())))
@@ -289,7 +376,7 @@ mod tests {
         for act in actions {
             let why = match act {
                 Action::Send(_, f) => {
-                    replies.extend(to.received(conn, f));
+                    replies.extend(to.received(conn, f, 0));
                     continue;
                 }
                 Action::Close(_, why) => why,
@@ -336,8 +423,8 @@ mod tests {
         ta.insert("old-a", Arc::from("shard-0"), 100);
         tb.insert("old-b", Arc::from("shard-1"), 100);
         // a (lower id) dials b.
-        let hello_a = a.connected(7, true, [1; 16]);
-        let hello_b = b.connected(7, false, [2; 16]);
+        let hello_a = a.connected(7, true, [1; 16], 0);
+        let hello_b = b.connected(7, false, [2; 16], 0);
         let closes = pump(&mut a, &mut b, 7, hello_a, hello_b);
         assert!(closes.is_empty(), "{closes:?}");
         assert_eq!(a.synced(), (1, 1));
@@ -352,6 +439,59 @@ mod tests {
         pump(&mut a, &mut b, 7, out, Vec::new());
         assert_eq!(tb.get("new").as_deref(), Some("shard-2"));
         assert!(a.flush().is_empty(), "nothing left to send");
+        // Each side counts what it exchanged on the connection: a's old entry and the new one.
+        let pa = &a.connections(0)[0];
+        assert_eq!((pa.replica, pa.dialled, pa.synced), (2, true, true));
+        assert_eq!((pa.entries_sent, pa.entries_received), (2, 1));
+        let pb = &b.connections(0)[0];
+        assert_eq!((pb.entries_sent, pb.entries_received), (1, 2));
+    }
+
+    #[test]
+    fn open_connections_are_pinged_and_silent_ones_closed() {
+        let (mut a, _) = replica(1, b"secret-secret-secret");
+        let (mut b, _) = replica(2, b"secret-secret-secret");
+        let hello_a = a.connected(7, true, [1; 16], 0);
+        let hello_b = b.connected(7, false, [2; 16], 0);
+        pump(&mut a, &mut b, 7, hello_a, hello_b);
+        // A handshake that never answers is closed too.
+        let _ = a.connected(8, true, [3; 16], 0);
+        assert!(a.tick(PING_EVERY_MS - 1).is_empty(), "nothing due yet");
+        assert_eq!(a.tick(PING_EVERY_MS), [Action::Send(7, Frame::Ping)]);
+        assert!(
+            a.tick(PING_EVERY_MS + 1).is_empty(),
+            "one ping per interval"
+        );
+        // Each side's pings keep the connection alive on the other; the stalled handshake goes.
+        for t in (PING_EVERY_MS..=SILENCE_MS * 2).step_by(PING_EVERY_MS as usize) {
+            let (from_b, from_a) = (b.tick(t), a.tick(t));
+            for (acts, to) in [(from_b, &mut a), (from_a, &mut b)] {
+                for act in acts {
+                    match act {
+                        Action::Send(7, f) => {
+                            assert_eq!(f, Frame::Ping);
+                            assert!(to.received(7, f, t).is_empty());
+                        }
+                        Action::Close(8, _) => assert!(t >= SILENCE_MS),
+                        other => panic!("at {t}: {other:?}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(a.handshaking(), 0, "the stalled handshake was closed");
+        assert_eq!(a.connections(SILENCE_MS * 2)[0].silent_ms, 0);
+        // Then b goes quiet: a closes the connection once SILENCE_MS passed.
+        let last = SILENCE_MS * 2;
+        assert!(!a
+            .tick(last + SILENCE_MS - 1)
+            .iter()
+            .any(|x| matches!(x, Action::Close(..))));
+        let out = a.tick(last + SILENCE_MS);
+        assert!(
+            matches!(&out[..], [Action::Close(7, why)] if why.contains("nothing heard")),
+            "{out:?}"
+        );
+        assert!(a.connections(last + SILENCE_MS).is_empty());
     }
 
     #[test]
@@ -359,8 +499,8 @@ mod tests {
         let (mut a, ta) = replica(1, b"k1k1k1k1k1k1k1k1");
         let (mut b, tb) = replica(2, b"k1k1k1k1k1k1k1k1");
         let (ha, hb) = (
-            a.connected(1, true, [1; 16]),
-            b.connected(1, false, [2; 16]),
+            a.connected(1, true, [1; 16], 0),
+            b.connected(1, false, [2; 16], 0),
         );
         pump(&mut a, &mut b, 1, ha, hb);
         ta.insert("r", Arc::from("shard-b"), 500);
@@ -380,8 +520,8 @@ mod tests {
         let (mut b, _) = replica(2, b"same-secret-1234");
         // b (higher id) dialled a: that connection is closed once both ids are known.
         let (ha, hb) = (
-            a.connected(3, false, [1; 16]),
-            b.connected(3, true, [2; 16]),
+            a.connected(3, false, [1; 16], 0),
+            b.connected(3, true, [2; 16], 0),
         );
         let closes = pump(&mut a, &mut b, 3, ha, hb);
         assert_eq!(
@@ -393,8 +533,8 @@ mod tests {
 
         let (mut c, _) = replica(3, b"other-secret-999");
         let (ha, hc) = (
-            a.connected(4, true, [5; 16]),
-            c.connected(4, false, [6; 16]),
+            a.connected(4, true, [5; 16], 0),
+            c.connected(4, false, [6; 16], 0),
         );
         let closes = pump(&mut a, &mut c, 4, ha, hc);
         assert!(closes.iter().any(|w| w.contains("proof")), "{closes:?}");

@@ -462,6 +462,16 @@ pub async fn placements(
 }
 
 /// GET `url` and return (status, body).
+/// The value of the first metric line of a Prometheus scrape that starts with `line_start`
+/// (name and labels, e.g. `shardgate_media_flows{zone="z0"}`).
+pub fn metric(metrics: &str, line_start: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c
         .get(url)
