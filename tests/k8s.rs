@@ -9,13 +9,12 @@
 
 mod common;
 
-use common::k8s::validate;
+use common::k8s::{nodeports_of, validate};
 use serde_json::{json, Value};
 use shardgate::config::{self, Config};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -716,26 +715,7 @@ fn the_example_jvb_statefulset_fits_the_overlay_and_the_hook() {
     let jvb = get(&overlay, "Service", "jvb");
     assert!(selects(&jvb["spec"]["selector"], labels));
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["nodeports", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(sts).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = nodeports_of(sts);
     let services = array(&list["items"]);
     let replicas = sts["spec"]["replicas"].as_u64().unwrap() as u16;
     let ports: Vec<u64> = services

@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::k8s::validate;
+use common::k8s::{nodeports_of, validate};
 use common::*;
 use serde_json::{json, Value};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn statefulset(replicas: u32) -> Value {
     json!({
@@ -71,21 +70,7 @@ fn the_command_prints_valid_services_from_flags_and_from_stdin() {
     assert_eq!(ports, [30300, 30301, 30302]);
     validate(items);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args(["nodeports", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&serde_json::to_vec(&statefulset(2)).unwrap())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = nodeports_of(&statefulset(2));
     let names: Vec<&str> = list["items"]
         .as_array()
         .unwrap()

@@ -28,6 +28,13 @@ use tracing::{debug, info, warn};
 /// The largest datagram relayed (a GRO burst can be up to 64 KiB).
 const MAX_BURST: usize = 64 * 1024;
 
+/// Which way a datagram goes: client to target, or back.
+#[derive(Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
 /// One zone's counters on one relay thread: local (no atomic per datagram, no cache line
 /// shared between relay threads), flushed to the registry by the thread's timer loop.
 struct ZoneMetrics {
@@ -68,6 +75,20 @@ impl ZoneMetrics {
 
     fn dropped(&self, reason: DropReason, datagrams: usize) {
         self.drops[&reason].inc_by(datagrams as u64);
+    }
+
+    /// Counts one send of `datagrams` (`bytes` in all): relayed, or dropped on a full buffer.
+    fn sent(&self, direction: Direction, ok: bool, datagrams: usize, bytes: usize) {
+        if !ok {
+            self.send_full.inc_by(datagrams as u64);
+            return;
+        }
+        let (d, b) = match direction {
+            Direction::In => (&self.datagrams_in, &self.bytes_in),
+            Direction::Out => (&self.datagrams_out, &self.bytes_out),
+        };
+        d.inc_by(datagrams as u64);
+        b.inc_by(bytes as u64);
     }
 
     fn flush(&self) {
@@ -308,12 +329,8 @@ impl ZoneWorker {
         if let Some(((flow, to), data, stride, n)) = burst.gathered() {
             let socket = self.flows.borrow().get(&flow).map(|f| f.socket.clone());
             if let Some(socket) = socket {
-                if socket.send(to, data, stride) {
-                    self.metrics.datagrams_in.inc_by(n as u64);
-                    self.metrics.bytes_in.inc_by(data.len() as u64);
-                } else {
-                    self.metrics.send_full.inc_by(n as u64);
-                }
+                let sent = socket.send(to, data, stride);
+                self.metrics.sent(Direction::In, sent, n, data.len());
             }
         }
         burst.clear();
@@ -370,12 +387,8 @@ impl ZoneWorker {
     fn send_to_client(&self, burst: &mut Burst<(u16, SocketAddr)>) {
         if let Some(((port, to), data, stride, n)) = burst.gathered() {
             let socket = &self.public[usize::from(port - self.first_port)];
-            if socket.send(to, data, stride) {
-                self.metrics.datagrams_out.inc_by(n as u64);
-                self.metrics.bytes_out.inc_by(data.len() as u64);
-            } else {
-                self.metrics.send_full.inc_by(n as u64);
-            }
+            let sent = socket.send(to, data, stride);
+            self.metrics.sent(Direction::Out, sent, n, data.len());
         }
         burst.clear();
     }

@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 /// The Kubernetes version objects are validated against.
 pub const KUBERNETES_VERSION: &str = "1.30.0";
@@ -42,4 +43,28 @@ pub fn validate(objects: &[Value]) -> BTreeSet<String> {
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .collect()
+}
+
+/// `shardgate nodeports -` with `statefulset` (JSON) on stdin: the List it prints.
+pub fn nodeports_of(statefulset: &Value) -> Value {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["nodeports", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(statefulset).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "shardgate nodeports: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
