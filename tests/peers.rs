@@ -141,6 +141,35 @@ fn signal(r: &Shardgate, sig: &str) {
     assert!(status.success());
 }
 
+const SECRET: &str = "0123456789abcdef-test";
+
+/// Replicas listening for peers on `ports`, each listing all of them, over `backends`.
+fn pair(ports: &[u16], backends: &[Backend], secret: &str) -> Vec<Shardgate> {
+    ports
+        .iter()
+        .map(|port| replica(*port, ports, backends, secret))
+        .collect()
+}
+
+/// A replica listening for peers on `port` and dialling those on `peers`.
+fn replica(port: u16, peers: &[u16], backends: &[Backend], secret: &str) -> Shardgate {
+    let list: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let shards: Vec<&Backend> = backends.iter().collect();
+    let (head, http, admin) = config_head("t");
+    let text = format!(
+        "{head}[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\n\
+         secret = \"{secret}\"\nsync_wait = \"5s\"\n\n{}\
+         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        list.join(", "),
+        shard_pool("shards", &shards)
+    );
+    Shardgate::start(&text, http, admin)
+}
+
+fn synced_with_one(m: &str) -> bool {
+    metric(m, "shardgate_peers_connections{state=\"synced\"}") == Some(1)
+}
+
 /// A replica that stops answering without closing its connections (a frozen process: the
 /// kernel still acknowledges TCP) is dropped by the others once nothing was heard from it for
 /// 15 s, not much before; once it runs again, the two reconnect and sync. The metrics show each
@@ -152,24 +181,10 @@ async fn a_silent_replica_is_dropped_then_rejoins() {
         Backend::start("shard-1").await,
     ];
     let ports = [free_port(), free_port()];
-    let list = format!("\"127.0.0.1:{}\", \"127.0.0.1:{}\"", ports[0], ports[1]);
-    let replicas: Vec<Shardgate> = ports
-        .iter()
-        .map(|port| {
-            let (head, http, admin) = config_head("t");
-            let text = format!(
-                "{head}[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{list}]\n\
-                 secret = \"0123456789abcdef-test\"\nsync_wait = \"5s\"\n\n{}\
-                 [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-                shard_pool("shards", &[&backends[0], &backends[1]])
-            );
-            Shardgate::start(&text, http, admin)
-        })
-        .collect();
+    let replicas = pair(&ports, &backends, SECRET);
     let (a, b) = (&replicas[0], &replicas[1]);
-    let synced = |m: &str| metric(m, "shardgate_peers_connections{state=\"synced\"}") == Some(1);
-    wait_scrape(a, 20, synced).await;
-    wait_scrape(b, 20, synced).await;
+    wait_scrape(a, 20, synced_with_one).await;
+    wait_scrape(b, 20, synced_with_one).await;
 
     // A room placed through a reaches b; both count it, per peer and in total.
     let (status, _) = get(&client(), &a.url("/http-bind?room=frozen")).await;
@@ -214,6 +229,63 @@ async fn a_silent_replica_is_dropped_then_rejoins() {
 
     // b runs again: they reconnect and sync.
     signal(b, "-CONT");
-    wait_scrape(a, 30, synced).await;
-    wait_scrape(b, 30, synced).await;
+    wait_scrape(a, 30, synced_with_one).await;
+    wait_scrape(b, 30, synced_with_one).await;
+}
+
+/// A replica with another secret is refused (and counted) by both sides, and bytes that are
+/// not the protocol close their connection; the replicas that belong together stay synced and
+/// keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_garbage_are_refused_and_the_replicas_go_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = [Backend::start("shard-0").await];
+    let ports = [free_port(), free_port()];
+    let replicas = pair(&ports, &backends, SECRET);
+    let (a, b) = (&replicas[0], &replicas[1]);
+    wait_scrape(a, 20, synced_with_one).await;
+
+    // c knows a's address but not the secret.
+    let own = free_port();
+    let stranger = replica(own, &[ports[0], own], &backends, "another-secret-of-16+");
+    let refused = |m: &str| metric(m, "shardgate_peers_refused_total") >= Some(1);
+    wait_scrape(a, 20, refused).await;
+    wait_scrape(&stranger, 20, refused).await;
+    let m = scrape(&stranger).await;
+    assert_eq!(
+        metric(&m, "shardgate_peers_connections{state=\"synced\"}"),
+        Some(0),
+        "{m}"
+    );
+
+    // Bytes that are not the protocol on a's peer port (a frame of an unknown kind, a length
+    // over the limit): a closes each such connection at once.
+    for noise in [
+        &[0u8, 0, 0, 1, 0xEE][..],
+        &[0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0],
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", ports[0]))
+            .await
+            .unwrap();
+        let _ = raw.write_all(noise).await;
+        let mut buf = vec![0u8; 65536];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match raw.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a kept a connection that sent {noise:?}");
+    }
+
+    // a and b never noticed.
+    for r in [a, b] {
+        let m = scrape(r).await;
+        assert!(synced_with_one(&m), "{m}");
+        let (status, _) = get(&client(), &r.url("/http-bind?room=still")).await;
+        assert_eq!(status, 200);
+    }
 }
