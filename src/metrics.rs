@@ -239,6 +239,11 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
+            closed: counter(
+                "shardgate_peers_closed_total",
+                "Peer connections closed by this replica: silent (nothing heard for 15 s), slow (its send queue full)",
+                &["reason"],
+            ),
             refused: counter(
                 "shardgate_peers_refused_total",
                 "Peer connections refused in the handshake (wrong secret, other protocol)",
@@ -309,6 +314,7 @@ pub struct PeerMetrics {
     pub entries_total: IntCounterVec,
     pub conflicts_lost: prometheus::IntCounter,
     pub refused: prometheus::IntCounter,
+    pub closed: IntCounterVec,
 }
 
 /// `2xx`, `4xx`, …; `none` when no response was written.

@@ -289,3 +289,108 @@ async fn strangers_and_garbage_are_refused_and_the_replicas_go_on() {
         assert_eq!(status, 200);
     }
 }
+
+/// A replica (here a fake one that does the handshake, then pings but never reads) that takes
+/// less than it is sent: its connection is closed once its send queue is full, rather than
+/// queued for without bound; requests are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_dropped_not_queued_for() {
+    use shardgate::peers::session::Handshake;
+    use shardgate::peers::wire::{decode, encode, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backends = [Backend::start("shard-0").await];
+    let port = free_port();
+    let (head, http, admin) = config_head("t");
+    let text = format!(
+        "{head}[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [\"127.0.0.1:{port}\"]\n\
+         secret = \"{SECRET}\"\nsync_wait = \"1s\"\n\n{}\
+         sticky = {{ ttl = \"10m\", capacity = 1000 }}\n\n\
+         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        shard_pool("shards", &[&backends[0]])
+    );
+    let a = Shardgate::start(&text, http, admin);
+
+    // The fake replica: id 0, so its own dial is the connection kept; a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let (mut hs, hello) = Handshake::start(SECRET.as_bytes(), 0, [7; 16]);
+    let send = |f: &Frame| {
+        let mut out = Vec::new();
+        encode(f, &mut out).unwrap();
+        out
+    };
+    wr.write_all(&send(&hello)).await.unwrap();
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !hs.is_open() {
+        let n = rd.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "a closed the handshake");
+        pending.extend_from_slice(&chunk[..n]);
+        while let Some((frame, used)) = decode(&pending).unwrap() {
+            pending.drain(..used);
+            if let Some(reply) = hs.on_frame(&frame).unwrap() {
+                wr.write_all(&send(&reply)).await.unwrap();
+            }
+        }
+    }
+    // From now on it only pings (so it is not dropped for silence) and reads nothing.
+    let pinger = tokio::spawn(async move {
+        loop {
+            if wr.write_all(&send(&Frame::Ping)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+
+    // Placements stream to it (a frame per 10 ms flush), from 8 clients, until a gives up on
+    // it: once the kernel's socket buffers (megabytes) and then the queue are full.
+    let long = "x".repeat(200);
+    let start = std::time::Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for k in 0..8 {
+        let (url, done, long) = (a.url(""), done.clone(), long.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let mut room = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) =
+                    get(&c, &format!("{url}/http-bind?room=slow-{k}-{room}-{long}")).await;
+                assert_eq!(status, 200, "{body}");
+                room += 1;
+            }
+            room
+        }));
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let m = scrape(&a).await;
+        if metric(&m, "shardgate_peers_closed_total{reason=\"slow\"}") >= Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "a slow replica was never dropped:\n{m}"
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rooms = 0;
+    for l in load {
+        rooms += l.await.unwrap();
+    }
+    println!(
+        "dropped the slow replica after {rooms} rooms, {:?}",
+        start.elapsed()
+    );
+    let c = client();
+    pinger.abort();
+    let (status, _) = get(&c, &a.url("/http-bind?room=after")).await;
+    assert_eq!(status, 200);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// Placements are batched this long.
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
@@ -257,7 +257,8 @@ pub async fn run(
                         dialling.remove(&addr);
                         dialled.insert(conn, addr);
                     }
-                    writers.insert(conn, spawn_conn(conn, stream, events_tx.clone()));
+                    let io = spawn_conn(conn, stream, events_tx.clone(), r.queue_limit());
+                    writers.insert(conn, io);
                     r.connected(conn, to.is_some(), nonce(), now_ms())
                 }
                 Some(Event::Frame(conn, frame)) => r.received(conn, frame, now_ms()),
@@ -334,8 +335,25 @@ pub async fn run(
         for action in actions {
             match action {
                 Action::Send(conn, frame) => {
-                    if let Some(w) = writers.get(&conn) {
-                        let _ = w.frames.send(frame);
+                    let full = writers.get(&conn).is_some_and(|w| {
+                        matches!(
+                            w.frames.try_send(frame),
+                            Err(mpsc::error::TrySendError::Full(_))
+                        )
+                    });
+                    if full {
+                        warn!(conn, "peer too slow: its send queue is full; closed (it gets the whole table again when it reconnects)");
+                        r.disconnected(conn);
+                        writers.remove(&conn);
+                        dialled.remove(&conn);
+                        if let Some(shared) = &report_to {
+                            shared
+                                .metrics
+                                .peers
+                                .closed
+                                .with_label_values(&["slow"])
+                                .inc();
+                        }
                     }
                 }
                 // Closing drops the connection's reader too, so no `Down` follows: forget it
@@ -366,7 +384,7 @@ pub async fn run(
 /// connection (the writer finishes what it has and shuts the stream down; the reader, which a
 /// silent replica would keep waiting forever, is stopped).
 struct ConnIo {
-    frames: mpsc::UnboundedSender<Frame>,
+    frames: mpsc::Sender<Frame>,
     reader: tokio::task::AbortHandle,
 }
 
@@ -376,9 +394,14 @@ impl Drop for ConnIo {
     }
 }
 
-fn spawn_conn(conn: ConnId, stream: TcpStream, events: mpsc::UnboundedSender<Event>) -> ConnIo {
+fn spawn_conn(
+    conn: ConnId,
+    stream: TcpStream,
+    events: mpsc::UnboundedSender<Event>,
+    queue: usize,
+) -> ConnIo {
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    let (tx, mut rx) = mpsc::channel::<Frame>(queue.max(1));
     tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(frame) = rx.recv().await {
@@ -516,6 +539,9 @@ impl Reported {
         m.conflicts_lost
             .inc_by(grew(totals.replaced, self.totals.replaced));
         m.refused.inc_by(grew(totals.refused, self.totals.refused));
+        m.closed
+            .with_label_values(&["silent"])
+            .inc_by(grew(totals.silent, self.totals.silent));
         self.totals = totals.clone();
     }
 }

@@ -24,6 +24,10 @@ pub type ConnId = u64;
 pub const PING_EVERY_MS: u64 = 5_000;
 /// A connection that heard nothing this long is closed.
 pub const SILENCE_MS: u64 = 15_000;
+/// Frames a connection may have waiting beyond a full table's: a replica that reads slower
+/// than placements come is disconnected (it gets the whole table again when it reconnects)
+/// rather than queued for without bound.
+pub const QUEUE_SLACK: usize = 256;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -73,6 +77,8 @@ pub struct Totals {
     /// Received placements that replaced this replica's (a conflict it lost).
     pub replaced: u64,
     pub refused: u64,
+    /// Connections closed because nothing was heard on them for [`SILENCE_MS`].
+    pub silent: u64,
 }
 
 pub struct Replicator {
@@ -214,6 +220,7 @@ impl Replicator {
         silent.sort_unstable();
         for conn in silent {
             self.conns.remove(&conn);
+            self.totals.silent += 1;
             out.push(Action::Close(
                 conn,
                 format!("nothing heard for {} s", SILENCE_MS / 1000),
@@ -291,6 +298,19 @@ impl Replicator {
 
     pub fn totals(&self) -> &Totals {
         &self.totals
+    }
+
+    /// How many frames a connection's send queue may hold: a full sync of every table at its
+    /// capacity, and [`QUEUE_SLACK`] more.
+    pub fn queue_limit(&self) -> usize {
+        let tables: usize = self
+            .tables
+            .values()
+            .map(|t| {
+                usize::try_from(t.capacity().div_ceil(MAX_ENTRIES as u64)).unwrap_or(usize::MAX)
+            })
+            .fold(0, usize::saturating_add);
+        tables.saturating_add(1 + QUEUE_SLACK)
     }
 
     /// The handshake finished: keep one connection per pair, and send our whole table on it.
@@ -492,6 +512,14 @@ mod tests {
             "{out:?}"
         );
         assert!(a.connections(last + SILENCE_MS).is_empty());
+        assert_eq!(a.totals().silent, 2, "the handshake and the connection");
+    }
+
+    #[test]
+    fn a_send_queue_holds_a_full_table_and_some_more() {
+        let (a, _) = replica(1, b"secret-secret-secret");
+        // The test table holds 10,000 rooms: 3 frames of MAX_ENTRIES, and SyncDone.
+        assert_eq!(a.queue_limit(), 3 + 1 + QUEUE_SLACK);
     }
 
     #[test]

@@ -114,6 +114,11 @@ impl StickTable {
         }
     }
 
+    /// The most rooms it remembers.
+    pub fn capacity(&self) -> u64 {
+        self.cache.policy().max_capacity().unwrap_or(u64::MAX)
+    }
+
     /// The shard `room` is stuck to; refreshes the entry's idle timer.
     pub fn get(&self, room: &str) -> Option<Arc<str>> {
         self.cache.get(room).map(|p| p.shard)
