@@ -1,7 +1,8 @@
 //! Stick-table replication: three replicas in front of shards found by a real DNS server in the
-//! test process; rooms arrive through random replicas, one replica restarts, and a shard is
-//! added. With `[peers]` no room is ever served by two shards; without, the same scenario splits
-//! rooms (so the test can fail). And a frozen replica is dropped after its silence, then rejoins.
+//! test process; rooms arrive through random replicas while one replica restarts and shards are
+//! added, drained, removed and killed. With `[peers]` no room is served by two shards at once and
+//! none moves but off a dead shard; without, the same scenario splits rooms (so the test can
+//! fail). And faults: a frozen replica, a stranger, garbage, a peer that stops reading.
 
 mod common;
 
@@ -13,8 +14,19 @@ use std::time::Duration;
 use common::dns::{publish_shards, SHARDS_SRV as SRV};
 const ROOMS: usize = 5_000;
 
-/// Runs the scenario; returns how many rooms were served by more than one shard.
-async fn split_rooms(with_peers: bool) -> usize {
+/// What the scenario saw.
+struct Outcome {
+    /// Rooms served by two shards within one phase (two participants apart at once).
+    split: usize,
+    /// Rooms whose shard changed from one phase to the next without their shard dying: a
+    /// split too, as the room's earlier participants are still on its earlier shard.
+    moved: usize,
+}
+
+/// Runs the scenario: 3 shards, 5,000 rooms through random replicas; a replica restarts; a 4th
+/// shard is added; a shard is drained (500 new rooms arrive); a shard leaves DNS (it lingers
+/// for its rooms); a shard is killed (its rooms move). Every phase asks for every room again.
+async fn scenario(with_peers: bool) -> Outcome {
     let dns = DnsServer::start().await;
     let mut backends = Vec::new();
     for i in 0..4 {
@@ -32,7 +44,7 @@ async fn split_rooms(with_peers: bool) -> usize {
         let (head, http, admin) = config_head("t");
         let peers = if with_peers {
             format!(
-                "[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\nsecret = \"0123456789abcdef-test\"\nsync_wait = \"5s\"\n\n",
+                "[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\nsecret = \"{SECRET}\"\nsync_wait = \"5s\"\n\n",
                 list.join(", ")
             )
         } else {
@@ -58,24 +70,29 @@ async fn split_rooms(with_peers: bool) -> usize {
         seed ^= seed << 17;
         (seed % 3) as usize
     };
-    let mut served: HashMap<usize, HashSet<String>> = HashMap::new();
+    // (phase, room) -> the shards that answered.
+    let mut served: HashMap<(usize, usize), HashSet<String>> = HashMap::new();
     let ask = async |replicas: &[Shardgate],
+                     phase: usize,
                      room: usize,
                      replica: usize,
-                     served: &mut HashMap<usize, HashSet<String>>| {
+                     served: &mut HashMap<(usize, usize), HashSet<String>>| {
         let url = replicas[replica].url(&format!("/http-bind?room=room-{room}"));
         let (status, body) = get(&c, &url).await;
         assert_eq!(status, 200, "{body}");
         served
-            .entry(room)
+            .entry((phase, room))
             .or_default()
             .insert(body.trim().to_owned());
     };
+    let shard_name = |b: &Backend| format!("{}.web.jitsi.test", b.name);
+
+    // 1: three shards.
     for room in 0..ROOMS {
-        ask(&replicas, room, pick(), &mut served).await;
+        ask(&replicas, 1, room, pick(), &mut served).await;
     }
-    // Replication has milliseconds; give it a moment. Then one replica restarts (an empty
-    // table: with peers it is not ready until the others' tables arrived), and a shard is added.
+    // 2: one replica restarts (an empty table: with peers it is not ready until the others'
+    // tables arrived), and a fourth shard is added.
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(replicas.remove(1));
     let (text, http, admin) = &configs[1];
@@ -90,25 +107,106 @@ async fn split_rooms(with_peers: bool) -> usize {
         wait_for_members(r, 4, 4).await;
     }
     for room in 0..ROOMS {
-        ask(&replicas, room, pick(), &mut served).await;
+        ask(&replicas, 2, room, pick(), &mut served).await;
     }
-    served.values().filter(|shards| shards.len() > 1).count()
+    // 3: shard-1 is drained on every replica; 500 new rooms arrive.
+    for r in &replicas {
+        let url = r.admin_url(&format!(
+            "/admin/shards/shards/{}/drain",
+            shard_name(&backends[1])
+        ));
+        let status = c.post(url).bearer_auth("t").send().await.unwrap().status();
+        assert_eq!(status, 200);
+    }
+    for room in 0..ROOMS + 500 {
+        ask(&replicas, 3, room, pick(), &mut served).await;
+    }
+    for room in ROOMS..ROOMS + 500 {
+        assert!(
+            !served[&(3, room)].contains("shard-1"),
+            "a new room on the drained shard"
+        );
+    }
+    // 4: shard-2 leaves DNS; it lingers (draining) for its rooms.
+    publish_shards(&dns, 1, &[&backends[0], &backends[1], &backends[3]]);
+    for r in &replicas {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listing = admin_shards(r, "t").await;
+            let gone = listing["pools"][0]["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| {
+                    s["name"] == shard_name(&backends[2])
+                        && s["state"] == "draining (gone from DNS)"
+                });
+            if gone {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{listing}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for room in 0..ROOMS + 500 {
+        ask(&replicas, 4, room, pick(), &mut served).await;
+    }
+    // 5: shard-0 dies; its rooms move together to their next choice.
+    backends[0].kill();
+    for room in 0..ROOMS + 500 {
+        ask(&replicas, 5, room, pick(), &mut served).await;
+    }
+
+    let split = served.values().filter(|shards| shards.len() > 1).count();
+    let mut moved = 0;
+    for room in 0..ROOMS + 500 {
+        let mut last: Option<&String> = None;
+        for phase in 1..=5 {
+            let Some(shards) = served.get(&(phase, room)) else {
+                continue;
+            };
+            let Some(now) = shards.iter().next() else {
+                continue;
+            };
+            if let Some(before) = last {
+                let died = phase == 5 && before == "shard-0";
+                if before != now && !died {
+                    moved += 1;
+                    break;
+                }
+            }
+            last = Some(now);
+        }
+    }
+    Outcome { split, moved }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_peers_no_room_splits_when_a_shard_is_added() {
-    let split = split_rooms(true).await;
-    println!("with [peers]: {split} of {ROOMS} rooms served by two shards");
-    assert_eq!(split, 0);
+async fn with_peers_no_room_splits_while_shards_change() {
+    let o = scenario(true).await;
+    println!(
+        "with [peers]: {} of {} rooms served by two shards at once, {} moved without cause",
+        o.split,
+        ROOMS + 500,
+        o.moved
+    );
+    assert_eq!((o.split, o.moved), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_peers_the_same_scenario_splits_rooms() {
-    let split = split_rooms(false).await;
-    println!("without [peers]: {split} of {ROOMS} rooms served by two shards");
+    let o = scenario(false).await;
+    println!(
+        "without [peers]: {} of {} rooms served by two shards at once, {} moved without cause",
+        o.split,
+        ROOMS + 500,
+        o.moved
+    );
     assert!(
-        split > ROOMS / 20,
-        "the control should split rooms: {split}"
+        o.split + o.moved > ROOMS / 20,
+        "the control should split rooms: {} + {}",
+        o.split,
+        o.moved
     );
 }
 
