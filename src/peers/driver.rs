@@ -1,6 +1,7 @@
-//! The replication's I/O (WIP): a listener for other replicas, dials to the listed ones, a
-//! reader and a writer task per connection, and the loop that feeds the [`Replicator`] and
-//! flushes placements every few milliseconds.
+//! The replication's I/O: a listener for other replicas, dials to the ones found (again every
+//! round), a reader and a writer task per connection (its send queue bounded: a replica too slow
+//! to read is disconnected), and the loop that feeds the [`Replicator`], flushes placements every
+//! few milliseconds, ticks its pings and silence limit, and reports `/admin/peers` and metrics.
 
 use super::replicator::{Action, ConnId, PeerStatus, Replicator, Totals};
 use super::wire::{decode, encode, Frame};
@@ -116,8 +117,8 @@ enum Event {
 }
 
 /// Binds the peer port (here, so a taken port fails the start) and runs replication on a
-/// thread of its own. WIP: the tables are those of the pools at start (a reload that rebuilds a
-/// pool's table is not followed yet).
+/// thread of its own. The pools' tables are taken again every dial round, so a reload that
+/// rebuilds a pool's table is followed.
 pub fn start(
     config: &crate::config::Peers,
     shared: &Arc<crate::state::Shared>,
