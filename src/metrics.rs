@@ -197,7 +197,7 @@ impl Metrics {
             .with_label_values(&[] as &[&str]),
             peer_faults: counter(
                 "shardgate_sfu_peer_faults_total",
-                "Peers ended by an internal fault (a panic in their session)",
+                "Peers ended, or offers refused, by an internal fault (a panic in the WebRTC stack)",
                 &[],
             )
             .with_label_values(&[] as &[&str]),

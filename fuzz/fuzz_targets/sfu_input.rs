@@ -1,6 +1,11 @@
 //! What clients can send the SFU: SDP offers, signalling messages and datagrams on its port.
 //! Never a panic out of the core (a peer's own fault ends that peer only), and a datagram no
 //! peer claims is dropped and counted.
+//!
+//! The core contains a panic in one peer's WebRTC stack (catch_unwind: that peer ends, or its
+//! offer is refused). libfuzzer-sys's panic hook would abort on those too, so this target keeps
+//! the message but not the abort; a panic that escapes the core still aborts (libfuzzer-sys
+//! catches it around every input).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,6 +13,7 @@ use shardgate::sfu::demux::stun_local_ufrag;
 use shardgate::sfu::signal::ClientMessage;
 use shardgate::sfu::{Core, Role, Settings};
 use std::cell::RefCell;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -21,7 +27,10 @@ thread_local! {
     ));
 }
 
+static CONTAINED_PANICS: Once = Once::new();
+
 fuzz_target!(|data: &[u8]| {
+    CONTAINED_PANICS.call_once(|| std::panic::set_hook(Box::new(|info| eprintln!("{info}"))));
     let Some((&op, rest)) = data.split_first() else {
         return;
     };

@@ -8,6 +8,7 @@
 
 use super::demux::{self, Demux, PeerId};
 use super::peer::{OutState, Peer, Role, TrackOut};
+use super::sdp_check::payload_types_consistent;
 use super::signal::{valid_room, PeerEvent, ServerMessage};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -168,8 +169,10 @@ impl Core {
             }
             _ => {}
         }
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let offer = {
+            payload_types_consistent(offer).map_err(JoinError::BadOffer)?;
+            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?
+        };
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_crypto_provider(self.crypto.clone())
@@ -182,9 +185,19 @@ impl Core {
         let candidate = Candidate::host(self.settings.advertised, "udp")
             .map_err(|e| JoinError::BadOffer(format!("advertised address: {e}")))?;
         rtc.add_local_candidate(candidate);
-        let answer = catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer)))
-            .map_err(|_| JoinError::BadOffer("the offer could not be processed".into()))?
-            .map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        let answer = match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
+            Ok(answer) => answer.map_err(|e| JoinError::BadOffer(e.to_string()))?,
+            Err(_) => {
+                self.counters.peer_panics += 1;
+                tracing::error!(
+                    room,
+                    "the WebRTC stack panicked on a joining client's offer; refused"
+                );
+                return Err(JoinError::BadOffer(
+                    "the offer could not be processed".into(),
+                ));
+            }
+        };
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
 
         let id = self.next_id;
@@ -665,6 +678,35 @@ mod tests {
         let mut api = rtc.sdp_api();
         api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         api.apply().unwrap().0.to_sdp_string()
+    }
+
+    #[test]
+    fn an_offer_reusing_a_payload_type_for_another_codec_is_refused_with_the_reason() {
+        let mut rtc = str0m::Rtc::builder().build(Instant::now());
+        let mut api = rtc.sdp_api();
+        api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+        api.add_media(MediaKind::Video, Direction::SendRecv, None, None, None);
+        let offer = api.apply().unwrap().0.to_sdp_string();
+        assert!(offer.contains("a=fmtp:100 profile-id=2"));
+        // PT 100 again in the audio section, without the video section's fmtp: str0m 0.25
+        // panics on this ("Pt locked multiple times").
+        let clash = offer.replacen(
+            "a=rtpmap:111 opus",
+            "a=rtpmap:100 VP9/90000\r\na=rtpmap:111 opus",
+            1,
+        );
+        let mut core = Core::new(Settings {
+            advertised: "127.0.0.1:10000".parse().unwrap(),
+            max_rooms: 2,
+            max_peers_per_room: 4,
+        });
+        let now = Instant::now();
+        assert!(matches!(
+            core.join("r", Role::Participant, None, &clash, now),
+            Err(JoinError::BadOffer(e)) if e.contains("payload type 100")
+        ));
+        assert_eq!(core.rooms(), 0);
+        assert!(core.join("r", Role::Participant, None, &offer, now).is_ok());
     }
 
     #[test]

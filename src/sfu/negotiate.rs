@@ -4,6 +4,7 @@
 use super::core::{Core, Output, Prop, SignalError};
 use super::demux::PeerId;
 use super::peer::{OutState, Role};
+use super::sdp_check::payload_types_consistent;
 use super::signal::ServerMessage;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -16,6 +17,7 @@ impl Core {
         if peer.role != Role::Participant {
             return Err(SignalError::NotRenegotiable(peer.role.label()));
         }
+        payload_types_consistent(sdp).map_err(SignalError::Sdp)?;
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SignalError::Sdp(e.to_string()))?;
         // Glare: the client's offer wins; ours is dropped and made again after this one.
         peer.pending = None;
@@ -44,6 +46,7 @@ impl Core {
     /// A participant's answer to the SFU's last offer.
     pub fn answer(&mut self, id: PeerId, sdp: &str, now: Instant) -> Result<(), SignalError> {
         let peer = self.peers.get_mut(&id).ok_or(SignalError::NoPeer)?;
+        payload_types_consistent(sdp).map_err(SignalError::Sdp)?;
         let answer =
             SdpAnswer::from_sdp_string(sdp).map_err(|e| SignalError::Sdp(e.to_string()))?;
         let pending = peer.pending.take().ok_or(SignalError::NoPendingOffer)?;
