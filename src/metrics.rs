@@ -20,6 +20,7 @@ pub struct Metrics {
     pub connect_failures: IntCounterVec,
     /// Rooms moved off a shard that was down or gone, by pool.
     pub room_moves: IntCounterVec,
+    pub rooms_awaited: IntCounterVec,
     /// DNS lookups of discovery, by pool and result (`ok`, `no_records`, `error`).
     pub dns_lookups: IntCounterVec,
     /// Active health check rounds, by pool and result (`ok`, `fail`).
@@ -76,6 +77,12 @@ impl Metrics {
             "shardgate_room_moves_total",
             "Rooms moved off a shard that was down or gone",
             &["pool"],
+        );
+        let rooms_awaited = counter(
+            "shardgate_rooms_awaited_shard_total",
+            "Requests for a room another replica placed on a shard not yet discovered here, \
+             which waited for a lookup, by outcome (found, not_found)",
+            &["pool", "outcome"],
         );
         let dns_lookups = counter(
             "shardgate_dns_lookups_total",
@@ -266,6 +273,7 @@ impl Metrics {
             rejected,
             connect_failures,
             room_moves,
+            rooms_awaited,
             dns_lookups,
             health_checks,
             config_reloads,

@@ -492,3 +492,89 @@ async fn a_peer_that_stops_reading_is_dropped_not_queued_for() {
     let (status, _) = get(&c, &a.url("/http-bind?room=after")).await;
     assert_eq!(status, 200);
 }
+
+/// A replica that discovers shards by `dns`, looking it up every `every`, with peers.
+fn dns_replica(port: u16, peers: &[u16], dns: &DnsServer, every: &str) -> Shardgate {
+    let list: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let (head, http, admin) = config_head("t");
+    let text = format!(
+        "{head}[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"{every}\"\nmax_ttl = \"{every}\"\n\
+         timeout = \"300ms\"\n\n\
+         [peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\nsecret = \"{SECRET}\"\nsync_wait = \"5s\"\n\n\
+         [[pool]]\nname = \"shards\"\nshards.srv = \"{SRV}\"\n\n\
+         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        dns.addr,
+        list.join(", ")
+    );
+    Shardgate::start(&text, http, admin)
+}
+
+/// Right after a shard is added, one replica's DNS answer can lag another's (each looks up on
+/// its own TTL). A room the first replica placed on the new shard is followed by one that has
+/// not discovered it yet: it looks DNS up at once and waits for the answer. A placement on a
+/// shard its DNS never names is placed again there after that wait (bounded), not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_on_a_shard_not_yet_discovered_here_is_followed_after_a_lookup() {
+    let dns = DnsServer::start().await;
+    let other_dns = DnsServer::start().await;
+    let b0 = Backend::start("shard-0").await;
+    let b1 = Backend::start("shard-1").await;
+    publish_shards(&dns, 1, &[&b0]);
+    publish_shards(&other_dns, 1, &[&b0]);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    // `a` looks DNS up every 200 ms; `b` and `c` every minute; `c`'s DNS never names shard-1.
+    let a = dns_replica(ports[0], &ports, &dns, "200ms");
+    let b = dns_replica(ports[1], &ports, &dns, "60s");
+    let c = dns_replica(ports[2], &ports, &other_dns, "60s");
+    for r in [&a, &b, &c] {
+        wait_for_members(r, 1, 1).await;
+    }
+    publish_shards(&dns, 1, &[&b0, &b1]);
+    wait_for_members(&a, 2, 2).await;
+
+    let http = client();
+    let mut placed = Vec::new();
+    for room in 0..100 {
+        let (status, body) = get(&http, &a.url(&format!("/http-bind?room=room-{room}"))).await;
+        assert_eq!(status, 200, "{body}");
+        placed.push(body.trim().to_owned());
+    }
+    let on_new: Vec<usize> = (0..100).filter(|r| placed[*r] == "shard-1").collect();
+    assert!(on_new.len() >= 20, "{placed:?}");
+    for r in [&b, &c] {
+        wait_scrape(r, 10, |m| {
+            metric(m, "shardgate_peers_entries_total{direction=\"received\"}") >= Some(100)
+        })
+        .await;
+    }
+
+    // `b` follows every placement; only the first room on shard-1 waits for a lookup.
+    let awaited = |outcome: &str| {
+        format!("shardgate_rooms_awaited_shard_total{{outcome=\"{outcome}\",pool=\"shards\"}}")
+    };
+    for (room, shard) in placed.iter().enumerate() {
+        let (status, body) = get(&http, &b.url(&format!("/http-bind?room=room-{room}"))).await;
+        assert_eq!(
+            (status, body.trim()),
+            (200, shard.as_str()),
+            "room-{room} at b"
+        );
+    }
+    let m = scrape(&b).await;
+    assert_eq!(metric(&m, &awaited("found")), Some(1), "{m}");
+    assert_eq!(metric(&m, &awaited("not_found")), None, "{m}");
+
+    // `c` cannot find shard-1: after the wait, the room is placed on a shard it knows.
+    for room in on_new.iter().take(3) {
+        let started = std::time::Instant::now();
+        let (status, body) = get(&http, &c.url(&format!("/http-bind?room=room-{room}"))).await;
+        assert_eq!((status, body.trim()), (200, "shard-0"), "room-{room} at c");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let m = scrape(&c).await;
+    assert_eq!(metric(&m, &awaited("not_found")), Some(3), "{m}");
+}

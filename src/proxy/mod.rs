@@ -12,7 +12,9 @@ mod tunnel;
 pub mod upstream_tls;
 
 use crate::metrics::status_class;
-use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
+use crate::routing::{
+    find_instance, path_segment, rediscovery, room_key, Action, Choice, Pool, Shard,
+};
 use crate::runtime::Runtime;
 use crate::state::{InFlight, Shared};
 use async_trait::async_trait;
@@ -80,6 +82,36 @@ impl Edge {
             )),
             None => Err(format!("no shard of pool {} is up", pool.name)),
         }
+    }
+
+    /// A room another replica placed on a shard this one has not discovered yet: discovery
+    /// looks DNS up at once and the request waits for it (at most [`rediscovery::WAIT`]),
+    /// then follows the placement; if the shard is still unknown, the room is placed here.
+    async fn await_new_shard(&self, ctx: &Ctx) {
+        let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) else {
+            return;
+        };
+        if ctx.instance.is_some() || ctx.failed.is_some() {
+            return;
+        }
+        let pool = &runtime.pools[pool];
+        let members = pool.members.load();
+        let Some(shard) = pool.undiscovered_shard(&members, room, crate::routing::unix_ms()) else {
+            return;
+        };
+        drop(members);
+        let found = pool
+            .rediscovery
+            .ask_and_wait(rediscovery::WAIT, || {
+                pool.members.load().index_of(&shard).is_some()
+            })
+            .await;
+        debug!(pool = %pool.name, %shard, room, found, "waited for a shard another replica uses");
+        self.shared
+            .metrics
+            .rooms_awaited
+            .with_label_values(&[&*pool.name, if found { "found" } else { "not_found" }])
+            .inc();
     }
 
     /// Hands a placement this replica just made to replication (`[peers]`), and, for a room
@@ -425,6 +457,7 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        self.await_new_shard(ctx).await;
         self.peer_for(ctx)
     }
 

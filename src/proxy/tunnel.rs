@@ -76,6 +76,7 @@ impl Edge {
     /// A fresh HTTP/1.1 connection to the chosen shard; a refusal marks the shard down and
     /// the next choice is tried once.
     async fn connect(&self, ctx: &mut Ctx) -> Result<ShardSession> {
+        self.await_new_shard(ctx).await;
         loop {
             let peer = self.peer_for(ctx)?;
             match self.tunnels.get_http_session(peer.as_ref()).await {

@@ -5,6 +5,7 @@
 
 pub mod instance;
 pub mod pool;
+pub mod rediscovery;
 pub mod room;
 pub mod route;
 pub mod sticky;

@@ -2,6 +2,7 @@
 //! shard's live state (atomics: drained by the admin, passively marked down), and the two
 //! choices the proxy asks of it: the shard for a room, and any shard for a request without one.
 
+use super::rediscovery::Rediscovery;
 use super::sticky::{hrw_pick, name_seed, StickTable};
 use crate::config::{Pool as PoolConfig, ShardSpec};
 use arc_swap::ArcSwap;
@@ -304,6 +305,8 @@ pub struct Pool {
     /// Rooms with open tunnels (room -> count); their stick entries are refreshed while they
     /// live. Touched when a tunnel opens or closes, never per request.
     open_tunnels: Mutex<HashMap<Arc<str>, u32>>,
+    /// A request's way to have discovery look DNS up at once.
+    pub rediscovery: Rediscovery,
 }
 
 impl Pool {
@@ -327,6 +330,7 @@ impl Pool {
             instance_id: c.instances.as_ref().map(|i| i.id),
             round_robin: AtomicUsize::new(0),
             open_tunnels: Mutex::new(HashMap::new()),
+            rediscovery: Rediscovery::default(),
         }
     }
 
@@ -398,6 +402,21 @@ impl Pool {
             Some(_) => Choice::Moved(i),
             None => Choice::New(i),
         })
+    }
+
+    /// The shard `room` is stuck on when this replica does not know it but may soon: another
+    /// replica placed the room there recently, and this one's discovery may not have seen the
+    /// shard yet (see [`Rediscovery`]).
+    pub fn undiscovered_shard(
+        &self,
+        members: &Members,
+        room: &str,
+        unix_ms: u64,
+    ) -> Option<Arc<str>> {
+        let placement = self.stick.placement(room)?;
+        (members.index_of(&placement.shard).is_none()
+            && self.rediscovery.may_be_new(placement.placed_at_ms, unix_ms))
+        .then_some(placement.shard)
     }
 
     pub fn stick_ttl(&self) -> Duration {
