@@ -5,6 +5,7 @@
 
 pub mod instance;
 pub mod pool;
+#[cfg(feature = "server")]
 pub mod rediscovery;
 pub mod room;
 pub mod route;

@@ -2,6 +2,7 @@
 //! shard's live state (atomics: drained by the admin, passively marked down), and the two
 //! choices the proxy asks of it: the shard for a room, and any shard for a request without one.
 
+#[cfg(feature = "server")]
 use super::rediscovery::Rediscovery;
 use super::sticky::{hrw_pick, name_seed, StickTable};
 use crate::config::{Pool as PoolConfig, ShardSpec};
@@ -306,6 +307,7 @@ pub struct Pool {
     /// live. Touched when a tunnel opens or closes, never per request.
     open_tunnels: Mutex<HashMap<Arc<str>, u32>>,
     /// A request's way to have discovery look DNS up at once.
+    #[cfg(feature = "server")]
     pub rediscovery: Rediscovery,
 }
 
@@ -330,6 +332,7 @@ impl Pool {
             instance_id: c.instances.as_ref().map(|i| i.id),
             round_robin: AtomicUsize::new(0),
             open_tunnels: Mutex::new(HashMap::new()),
+            #[cfg(feature = "server")]
             rediscovery: Rediscovery::default(),
         }
     }
@@ -407,6 +410,7 @@ impl Pool {
     /// The shard `room` is stuck on when this replica does not know it but may soon: another
     /// replica placed the room there recently, and this one's discovery may not have seen the
     /// shard yet (see [`Rediscovery`]).
+    #[cfg(feature = "server")]
     pub fn undiscovered_shard(
         &self,
         members: &Members,
