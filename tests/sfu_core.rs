@@ -54,6 +54,8 @@ struct Client {
     /// Bits per second the SFU→client link carries (None: unlimited).
     downlink: Option<u64>,
     downlink_free_at: Instant,
+    /// The longest a video frame sent a second or more into the run took to arrive whole.
+    worst_video_delay: Duration,
 }
 
 /// A datagram on the wire: (deliver at, sequence, to client index or the SFU (None), from,
@@ -64,6 +66,7 @@ struct Sim {
     core: Core,
     clients: Vec<Client>,
     now: Instant,
+    start: Instant,
     sfu: SocketAddr,
     wire: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
@@ -73,6 +76,7 @@ struct Sim {
 impl Sim {
     fn new() -> Self {
         let sfu: SocketAddr = SFU.parse().unwrap();
+        let now = Instant::now();
         Sim {
             core: Core::new(Settings {
                 advertised: sfu,
@@ -80,7 +84,8 @@ impl Sim {
                 max_peers_per_room: 4,
             }),
             clients: Vec::new(),
-            now: Instant::now(),
+            now,
+            start: now,
             sfu,
             wire: BinaryHeap::new(),
             seq: 0,
@@ -158,6 +163,7 @@ impl Sim {
             gone: None,
             downlink: None,
             downlink_free_at: self.now,
+            worst_video_delay: Duration::ZERO,
         });
         i
     }
@@ -174,6 +180,7 @@ impl Sim {
     /// Each connected client sends audio every 20 ms and video at ~30 fps (per layer).
     fn send_media(&mut self) {
         let now = self.now;
+        let sent_ms = (now - self.start).as_millis() as u64;
         for c in &mut self.clients {
             if !c.connected {
                 continue;
@@ -187,7 +194,7 @@ impl Sim {
                     .find(|p| p.spec().codec.is_audio())
                     .unwrap()
                     .pt();
-                let data = frame(&c.name, "a", false, 60);
+                let data = frame(&c.name, "a", false, 60, sent_ms);
                 w.write(pt, now, MediaTime::from_millis(ms), data).unwrap();
             }
             if let Some(mid) = c.video.filter(|_| ms.is_multiple_of(35)) {
@@ -207,7 +214,7 @@ impl Sim {
                     if *layer != "-" {
                         w = w.rid(Rid::from(*layer));
                     }
-                    let data = frame(&c.name, layer, key, *size);
+                    let data = frame(&c.name, layer, key, *size, sent_ms);
                     w.write(pt, now, MediaTime::from_90khz(ms * 90), data)
                         .unwrap();
                 }
@@ -279,12 +286,16 @@ impl Sim {
                     match e {
                         Event::Connected => c.connected = true,
                         Event::MediaData(d) => {
-                            let (name, layer, key) = parse_frame(&d.data);
+                            let (name, layer, key, sent_ms) = parse_frame(&d.data);
                             let kind = if d.params.spec().codec.is_audio() {
                                 MediaKind::Audio
                             } else {
                                 MediaKind::Video
                             };
+                            if kind == MediaKind::Video && sent_ms >= 1_000 {
+                                let delay = self.now - self.start - Duration::from_millis(sent_ms);
+                                c.worst_video_delay = c.worst_video_delay.max(delay);
+                            }
                             *c.received.entry((name.clone(), kind, layer)).or_default() += 1;
                             if key {
                                 *c.keyframes_received.entry(name).or_default() += 1;
@@ -391,20 +402,22 @@ impl Sim {
     }
 }
 
-/// A frame: `name/layer/` then padding; a VP8 keyframe starts with an even byte.
-fn frame(name: &str, layer: &str, key: bool, size: usize) -> Vec<u8> {
+/// A frame: `name/layer/sent/` (sent: ms since the client joined) then padding; a VP8 keyframe
+/// starts with an even byte.
+fn frame(name: &str, layer: &str, key: bool, size: usize, sent_ms: u64) -> Vec<u8> {
     let mut v = vec![if key { 0x10 } else { 0x11 }];
-    v.extend(format!("{name}/{layer}/").as_bytes());
+    v.extend(format!("{name}/{layer}/{sent_ms}/").as_bytes());
     v.resize(size.max(v.len()), 0xaa);
     v
 }
 
-fn parse_frame(d: &[u8]) -> (String, String, bool) {
+fn parse_frame(d: &[u8]) -> (String, String, bool, u64) {
     let text = String::from_utf8_lossy(&d[1..]);
     let mut parts = text.split('/');
     let name = parts.next().unwrap_or("").to_owned();
     let layer = parts.next().unwrap_or("").to_owned();
-    (name, layer, d[0] & 1 == 0)
+    let sent_ms = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+    (name, layer, d[0] & 1 == 0, sent_ms)
 }
 
 #[test]
@@ -439,6 +452,28 @@ fn three_people_see_and_hear_each_other() {
         "{counters:?}"
     );
     assert_eq!(counters.peer_panics, 0);
+}
+
+/// A frame the SFU writes to a subscriber leaves in one go: the packets str0m's pacer releases
+/// at once are not each held for a turn of the SFU's timer. Frames take 2 packets; the wire adds
+/// 2 ms each way and the simulation moves in 5 ms ticks, so a frame arrives whole two ticks
+/// after it was sent (three or more when the SFU sends a packet per tick).
+#[test]
+fn a_frame_crosses_the_sfu_in_one_go() {
+    let mut sim = Sim::new();
+    let a = sim.join("ada", "standup", AV);
+    let b = sim.join("bob", "standup", AV);
+    sim.run(Duration::from_secs(3));
+    for rx in [a, b] {
+        let c = &sim.clients[rx];
+        assert!(sim.got(rx, if rx == a { "bob" } else { "ada" }, MediaKind::Video) > 50);
+        assert!(
+            c.worst_video_delay <= 2 * TICK,
+            "{}: a video frame took {:?}",
+            c.name,
+            c.worst_video_delay
+        );
+    }
 }
 
 #[test]

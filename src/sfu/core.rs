@@ -103,6 +103,11 @@ pub(super) enum Prop {
 pub(super) const KEYFRAME_THROTTLE: Duration = Duration::from_millis(300);
 /// Stats from each peer's `Rtc` this often (NACK counts).
 const STATS_INTERVAL: Duration = Duration::from_secs(2);
+/// Deadlines at most this far ahead are handled as due at once while a peer is drained, at most
+/// this many times per drain (the driver's timer would wake for them at its next tick, up to a
+/// millisecond later, one packet per peer per tick).
+const IMMEDIATE_SLACK: Duration = Duration::from_micros(50);
+const IMMEDIATE_TIMEOUTS: usize = 64;
 /// A DTLS-looking probe: does the peer's ICE accept non-STUN traffic from an address?
 const DTLS_PROBE: [u8; 13] = [22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
@@ -427,8 +432,12 @@ impl Core {
         }
     }
 
-    /// Polls one peer's `Rtc` until it names its next deadline.
+    /// Polls one peer's `Rtc` until it names its next deadline. A deadline due at once (str0m's
+    /// pacer asks for one a microsecond after each packet it releases) is handled here, up to
+    /// [`IMMEDIATE_TIMEOUTS`] times, instead of by a turn of the driver's timer, so a peer's
+    /// queued packets leave together.
     fn drain(&mut self, id: PeerId, now: Instant) {
+        let mut immediate = 0;
         loop {
             let Some(peer) = self.peers.get_mut(&id) else {
                 return;
@@ -452,6 +461,20 @@ impl Core {
                 }
             };
             match output {
+                RtcOutput::Timeout(at)
+                    if immediate < IMMEDIATE_TIMEOUTS && at <= now + IMMEDIATE_SLACK =>
+                {
+                    immediate += 1;
+                    let at = at.max(now);
+                    if catch_unwind(AssertUnwindSafe(|| {
+                        peer.rtc.handle_input(Input::Timeout(at))
+                    }))
+                    .is_err()
+                    {
+                        self.fault(id);
+                        return;
+                    }
+                }
                 RtcOutput::Timeout(at) => {
                     if peer.deadline != Some(at) {
                         peer.deadline = Some(at);

@@ -16,7 +16,8 @@
 #
 # Usage: tests/perf/sfu_load.sh
 # Environment (defaults in brackets): STEPS ["8 16 24 32 48 64 96 128"] SECONDS_PER_STEP [8]
-#   SFU_CPU [0] LOAD_CPU [1]
+#   SFU_CPU [0] LOAD_CPU [1] SHARDGATE [this checkout's release build; another binary for
+#   side-by-side runs of two builds]
 # Output: one line per step, the reproducing command, and last
 #   participants_per_vcpu: N
 set -euo pipefail
@@ -33,7 +34,7 @@ WARMUP=4
 
 echo "# building (release)"
 (cd "$ROOT" && cargo build --release --quiet --bin shardgate --example sfu_load)
-SHARDGATE="${CARGO_TARGET_DIR:-$ROOT/target}/release/shardgate"
+SHARDGATE=${SHARDGATE:-"${CARGO_TARGET_DIR:-$ROOT/target}/release/shardgate"}
 LOAD="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/sfu_load"
 
 TMP=$(mktemp -d)
