@@ -106,6 +106,10 @@ impl Edge {
                 pool.members.load().index_of(&shard).is_some()
             })
             .await;
+        if !found {
+            pool.rediscovery
+                .not_found(shard.clone(), crate::routing::unix_ms());
+        }
         debug!(pool = %pool.name, %shard, room, found, "waited for a shard another replica uses");
         self.shared
             .metrics

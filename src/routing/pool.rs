@@ -417,9 +417,14 @@ impl Pool {
         room: &str,
         unix_ms: u64,
     ) -> Option<Arc<str>> {
+        if !self.rediscovery.applies() {
+            return None;
+        }
         let placement = self.stick.placement(room)?;
         (members.index_of(&placement.shard).is_none()
-            && self.rediscovery.may_be_new(placement.placed_at_ms, unix_ms))
+            && self
+                .rediscovery
+                .may_be_new(&placement.shard, placement.placed_at_ms, unix_ms))
         .then_some(placement.shard)
     }
 

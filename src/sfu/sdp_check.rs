@@ -4,7 +4,9 @@
 //! BUNDLE: they are one RTP session). str0m 0.25 asserts this while matching payload types and
 //! panics on an offer that breaks it (an `a=rtpmap:100 VP9` in the audio section, another
 //! `fmtp` for 100 in the video section); the core would catch the panic, but the client is
-//! better served by saying what is wrong.
+//! better served by saying what is wrong. A disabled section (port 0, not `bundle-only`) is left
+//! out: it is not in the bundle, and Firefox keeps bare `rtpmap` lines there for payload types
+//! its live sections describe in full.
 
 use std::collections::HashMap;
 
@@ -14,10 +16,19 @@ pub fn payload_types_consistent(sdp: &str) -> Result<(), String> {
     let mut seen: HashMap<&str, (usize, Described)> = HashMap::new();
     let mut section = 0;
     let mut current: HashMap<&str, Described> = HashMap::new();
+    // The current section is disabled: port 0, and not `bundle-only`.
+    let (mut port_zero, mut bundle_only) = (false, false);
     let lines = sdp.lines().chain(std::iter::once("m="));
     for line in lines {
         let line = line.trim_end_matches('\r');
-        if line.starts_with("m=") {
+        if line == "a=bundle-only" {
+            bundle_only = true;
+        } else if let Some(media) = line.strip_prefix("m=") {
+            if port_zero && !bundle_only {
+                current.clear();
+            }
+            port_zero = media.split_whitespace().nth(1) == Some("0");
+            bundle_only = false;
             for (pt, described) in current.drain() {
                 match seen.get(pt) {
                     Some((first, before)) if *before != described => {
@@ -89,6 +100,20 @@ mod tests {
             "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 100\r\na=rtpmap:100 opus/48000/2\r\n{VIDEO}"
         );
         assert!(payload_types_consistent(&other_codec).is_err());
+    }
+
+    #[test]
+    fn disabled_sections_are_left_out_unless_bundle_only() {
+        let disabled =
+            format!("m=video 0 UDP/TLS/RTP/SAVPF 100\r\na=rtpmap:100 VP9/90000\r\n{VIDEO}");
+        assert_eq!(payload_types_consistent(&disabled), Ok(()));
+        let bundled = format!(
+            "m=video 0 UDP/TLS/RTP/SAVPF 100\r\na=bundle-only\r\na=rtpmap:100 VP9/90000\r\n{VIDEO}"
+        );
+        assert!(payload_types_consistent(&bundled).is_err());
+        let last_disabled =
+            format!("{VIDEO}m=video 0 UDP/TLS/RTP/SAVPF 100\r\na=rtpmap:100 VP9/90000\r\n");
+        assert_eq!(payload_types_consistent(&last_disabled), Ok(()));
     }
 
     #[test]
