@@ -20,6 +20,8 @@ pub struct Metrics {
     pub connect_failures: IntCounterVec,
     /// Rooms moved off a shard that was down or gone, by pool.
     pub room_moves: IntCounterVec,
+    /// Requests that waited for a lookup of a shard another replica placed their room on, by
+    /// pool and outcome (`found`, `not_found`).
     pub rooms_awaited: IntCounterVec,
     /// DNS lookups of discovery, by pool and result (`ok`, `no_records`, `error`).
     pub dns_lookups: IntCounterVec,

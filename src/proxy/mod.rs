@@ -91,7 +91,8 @@ impl Edge {
         let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) else {
             return;
         };
-        if ctx.instance.is_some() || ctx.failed.is_some() {
+        // Only a placement from another replica (`[peers]`) can name a shard not discovered here.
+        if ctx.instance.is_some() || ctx.failed.is_some() || self.shared.peers.get().is_none() {
             return;
         }
         let pool = &runtime.pools[pool];

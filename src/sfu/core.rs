@@ -174,10 +174,9 @@ impl Core {
             }
             _ => {}
         }
-        let offer = {
-            payload_types_consistent(offer).map_err(JoinError::BadOffer)?;
-            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?
-        };
+        payload_types_consistent(offer).map_err(JoinError::BadOffer)?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_crypto_provider(self.crypto.clone())
