@@ -2,6 +2,9 @@
 //!
 //!   udp_load echo ADDR
 //!       answers every datagram with itself (the "JVB")
+//!   udp_load forward LISTEN TARGET
+//!       the simplest relay, a latency floor for the benchmark: blocking sockets, a thread per
+//!       client with its own socket to TARGET, one system call per datagram each way
 //!   udp_load run TARGET RATE SECONDS [FLOWS] [SIZE]
 //!       sends RATE datagrams/s for SECONDS from FLOWS sockets (default 16) of SIZE bytes
 //!       (default 200, an RTP packet), each stamped with its send time, and prints one line:
@@ -24,6 +27,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("echo") if args.len() == 2 => echo(args[1].parse().expect("ADDR")),
+        Some("forward") if args.len() == 3 => forward(
+            args[1].parse().expect("LISTEN"),
+            args[2].parse().expect("TARGET"),
+        ),
         Some("run") if args.len() >= 4 => {
             let target: SocketAddr = args[1].parse().expect("TARGET");
             let rate: u64 = args[2].parse().expect("RATE");
@@ -34,7 +41,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: udp_load echo ADDR | udp_load run TARGET RATE SECONDS [FLOWS] [SIZE]"
+                "usage: udp_load echo ADDR | udp_load forward LISTEN TARGET | udp_load run TARGET RATE SECONDS [FLOWS] [SIZE]"
             );
             std::process::exit(2);
         }
@@ -108,6 +115,30 @@ fn echo(addr: SocketAddr) {
             [],
             MsgFlags::MSG_DONTWAIT,
         );
+    }
+}
+
+fn forward(listen: SocketAddr, target: SocketAddr) {
+    let public = Arc::new(UdpSocket::bind(listen).expect("bind"));
+    let mut upstream: std::collections::HashMap<SocketAddr, UdpSocket> = Default::default();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, client)) = public.recv_from(&mut buf) else {
+            continue;
+        };
+        let socket = upstream.entry(client).or_insert_with(|| {
+            let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            s.connect(target).expect("connect");
+            let (back, public) = (s.try_clone().expect("clone"), public.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = back.recv(&mut buf) {
+                    let _ = public.send_to(&buf[..n], client);
+                }
+            });
+            s
+        });
+        let _ = socket.send(&buf[..n]);
     }
 }
 

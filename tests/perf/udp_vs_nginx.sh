@@ -8,20 +8,27 @@
 #   CPU 1 (LOAD_CPU):  the echo target and the load generator
 # Needs nginx's stream module (Debian: apt-get install libnginx-mod-stream).
 #
-# For each rate in RATES, each path (direct to the echo, through nginx, through shardgate) is
-# loaded for DURATION seconds with FLOWS client sockets; the round trip's loss and p50/p99 are
-# printed with the proxy's CPU time. Per proxy: the highest rate with < 0.1 % loss, the latency it
-# adds over the direct path (p50/p99 at the highest rate both proxies carry loss-free), and the
-# CPU it spends per relayed datagram at that rate. The ratio is of the loss-free rates; when a
-# proxy carried every rate the direct path did, the load generator's core was the limit, not
-# that proxy, and the ratio is taken from the CPU per datagram instead (datagrams/s one core
-# can relay). nginx's listening socket gets the receive buffer shardgate's public sockets ask
-# for (1 MiB).
+# Three parts, each path loaded for DURATION seconds per run with FLOWS client sockets:
+# 1. Rising RATES, each path (direct to the echo, through nginx, through shardgate): loss,
+#    p50/p99 of the round trip, and the proxy's CPU time, from which its CPU per relayed
+#    datagram at the highest rate both carry loss-free (the "CPU ratio").
+# 2. Latency: LATENCY_ROUNDS rounds at LATENCY_RATE of direct, the floor (the simplest relay,
+#    `udp_load forward`, on the proxies' CPU), nginx and shardgate; medians over the rounds of
+#    each path's p50 and p99, and what each adds over direct. The floor's is what the hop to the
+#    other CPU costs on this machine, whatever the relay.
+# 3. Throughput with the proxy as the limit: each proxy in a cgroup of its own allowed
+#    CPU_QUOTA % of a core (unbounded, either outruns the load generator's core), its highest
+#    rate with < 0.1 % loss found by bisection (SEARCH_STEPS steps, the proxies alternating).
+#    Needs root and cgroups' cpu controller; CPU_QUOTA=0 skips it.
+# The ratio is of part 3's loss-free rates (without part 3: of part 1's, or the CPU ratio when a
+# proxy carried every rate the direct path did). nginx's listening socket gets the receive
+# buffer shardgate's public sockets ask for (1 MiB).
 #
 # Usage: tests/perf/udp_vs_nginx.sh
 # Environment (defaults in brackets): RATES ["25000 50000 100000 150000 200000"] DURATION [3]
-#   FLOWS [16] SIZE [200] PROXY_CPU [0] LOAD_CPU [1] KEEP_TMP [0]
-# Output: one line per run, the summary per proxy, the reproducing command, and last
+#   FLOWS [16] SIZE [200] PROXY_CPU [0] LOAD_CPU [1] CPU_QUOTA [25] SEARCH_STEPS [8]
+#   LATENCY_RATE [40000] LATENCY_ROUNDS [5] KEEP_TMP [0]
+# Output: one line per run, the summary per part, the reproducing command, and last
 #   ratio: <shardgate/nginx packets/s>
 set -euo pipefail
 
@@ -33,9 +40,13 @@ SIZE=${SIZE:-200}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 KEEP_TMP=${KEEP_TMP:-0}
+CPU_QUOTA=${CPU_QUOTA:-25}
+SEARCH_STEPS=${SEARCH_STEPS:-8}
+LATENCY_RATE=${LATENCY_RATE:-40000}
+LATENCY_ROUNDS=${LATENCY_ROUNDS:-5}
 NGINX=${NGINX:-/usr/sbin/nginx}
 STREAM_MODULE=${STREAM_MODULE:-/usr/lib/nginx/modules/ngx_stream_module.so}
-ECHO_PORT=19000 NGINX_PORT=19100 RELAY_PORT=19200 HTTP_PORT=19280 ADMIN_PORT=19290
+ECHO_PORT=19000 FLOOR_PORT=19050 NGINX_PORT=19100 RELAY_PORT=19200 HTTP_PORT=19280 ADMIN_PORT=19290
 
 die() { echo "error: $*" >&2; exit 1; }
 [ -x "$NGINX" ] || die "$NGINX not found (apt-get install nginx-light)"
@@ -49,16 +60,21 @@ LOAD="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/udp_load"
 
 TMP=$(mktemp -d)
 PIDS=()
+CGROUPS=()
 cleanup() {
     # SIGINT for shardgate: it exits at once (SIGTERM keeps its ports for shutdown_delay).
     [ -n "${SG_PID:-}" ] && kill -INT "$SG_PID" 2>/dev/null || true
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$TMP/nginx.pid" ] && kill "$(cat "$TMP/nginx.pid")" 2>/dev/null || true
+    sleep 0.3
+    for d in "${CGROUPS[@]}"; do rmdir "$d" 2>/dev/null || true; done
     if [ "$KEEP_TMP" = 1 ]; then echo "# kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
 taskset -c "$LOAD_CPU" "$LOAD" echo "127.0.0.1:$ECHO_PORT" & PIDS+=($!)
+# The latency floor: the simplest relay (blocking sockets, a thread per client), on the proxies' CPU.
+taskset -c "$PROXY_CPU" "$LOAD" forward "127.0.0.1:$FLOOR_PORT" "127.0.0.1:$ECHO_PORT" & PIDS+=($!)
 
 cat > "$TMP/nginx.conf" <<EOF
 load_module $STREAM_MODULE;
@@ -147,10 +163,95 @@ for name in nginx shardgate; do
     echo "$name at $common/s: added p50 $((P50[$name,$common] - P50[direct,$common])) us, p99 $((P99[$name,$common] - P99[direct,$common])) us; CPU ${per} us per datagram (one core: ~${cap} datagrams/s)"
     eval "CAP_$name=$cap"
 done
-echo "reproduce: RATES=\"$RATES\" DURATION=$DURATION FLOWS=$FLOWS SIZE=$SIZE bash tests/perf/udp_vs_nginx.sh"
-echo "loss-free ratio: $(awk -v s="$(best shardgate)" -v n="$(best nginx)" 'BEGIN { printf "%.2f", (n > 0) ? s / n : 0 }') (rates step by the RATES given)"
-echo "CPU ratio: $(awk -v s="$CAP_shardgate" -v n="$CAP_nginx" 'BEGIN { printf "%.2f", (n > 0) ? s / n : 0 }') (datagrams/s one core relays, at $common/s)"
-if [ "$(best shardgate)" -ge "$direct_best" ] || [ "$(best nginx)" -ge "$direct_best" ]; then
+# Latency: one round of the four paths (direct; the floor, the simplest relay there is, on the
+# proxies' CPU; nginx; shardgate) at LATENCY_RATE, LATENCY_ROUNDS times. Each path's p50 and
+# p99 are the medians over its rounds (a single p99 on a shared VM swings by milliseconds from
+# one run to the next); the added latency is a path's minus direct's. The floor's is what the
+# second CPU costs (waking it, the extra hop through loopback), whatever the relay.
+median() { tr ' ' '\n' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+declare -A RUN_P50 RUN_P99
+echo
+echo "# latency: $LATENCY_ROUNDS rounds at $LATENCY_RATE/s"
+for round in $(seq "$LATENCY_ROUNDS"); do
+    for path in direct:$ECHO_PORT floor:$FLOOR_PORT nginx:$NGINX_PORT shardgate:$RELAY_PORT; do
+        name=${path%%:*}
+        line=$(taskset -c "$LOAD_CPU" "$LOAD" run "127.0.0.1:${path#*:}" "$LATENCY_RATE" "$DURATION" "$FLOWS" "$SIZE")
+        printf '%-9s round=%s rate=%-7s %s\n' "$name" "$round" "$LATENCY_RATE" "$line"
+        RUN_P50[$name]+="$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line") "
+        RUN_P99[$name]+="$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line") "
+    done
+done
+declare -A MED50 MED99
+for name in direct floor nginx shardgate; do
+    MED50[$name]=$(median <<<"${RUN_P50[$name]% }") MED99[$name]=$(median <<<"${RUN_P99[$name]% }")
+done
+for name in floor nginx shardgate; do
+    echo "$name at $LATENCY_RATE/s (medians of $LATENCY_ROUNDS rounds): p50 ${MED50[$name]} us, p99 ${MED99[$name]} us;" \
+        "added over direct (p50 ${MED50[direct]}, p99 ${MED99[direct]} us): p50 $((MED50[$name] - MED50[direct])) us, p99 $((MED99[$name] - MED99[direct])) us"
+done
+
+# Throughput with the proxy as the limit. Unbounded, a proxy on its own core outruns the load
+# generator's core (it then carries every rate the direct path does), so each proxy is put in a
+# cgroup of its own that may use CPU_QUOTA % of a core (in 10 ms periods), the same budget for
+# both, and its highest loss-free rate is found by bisection between 0 and the direct path's
+# highest loss-free rate, the two proxies' steps alternating. The ratio of those rates is the
+# ratio of round trips (datagrams) per second each relays on the same CPU.
+cgroup_for() { # name: prints a new cgroup directory limited to CPU_QUOTA % of a core
+    local d
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        d=/sys/fs/cgroup/udp-bench-$1-$$
+        echo +cpu > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
+        mkdir "$d" 2>/dev/null && echo "$((CPU_QUOTA * 100)) 10000" > "$d/cpu.max" 2>/dev/null || return 1
+    elif [ -d /sys/fs/cgroup/cpu ]; then
+        d=/sys/fs/cgroup/cpu/udp-bench-$1-$$
+        mkdir "$d" 2>/dev/null && echo 10000 > "$d/cpu.cfs_period_us" &&
+            echo "$((CPU_QUOTA * 100))" > "$d/cpu.cfs_quota_us" 2>/dev/null || return 1
+    else
+        return 1
+    fi
+    echo "$d"
+}
+quota_ok=0
+if [ "$CPU_QUOTA" -gt 0 ] && ng_cg=$(cgroup_for nginx) && sg_cg=$(cgroup_for shardgate); then
+    CGROUPS+=("$ng_cg" "$sg_cg")
+    for p in "$(cat "$TMP/nginx.pid")" "$NGINX_WORKER"; do echo "$p" > "$ng_cg/cgroup.procs"; done
+    echo "$SG_PID" > "$sg_cg/cgroup.procs"
+    quota_ok=1
+elif [ "$CPU_QUOTA" -gt 0 ]; then
+    echo "note: cannot make CPU-limited cgroups (needs root and the cpu controller): no quota runs"
+fi
+if [ "$quota_ok" = 1 ]; then
+    echo
+    echo "# each proxy limited to $CPU_QUOTA % of a core; bisection for the highest loss-free rate"
+    declare -A LO HI
+    # The generator's own limit bounds the search (the highest rate tried if it lost at all).
+    top=$direct_best
+    [ "$top" -gt 0 ] || top=$(tr ' ' '\n' <<<"$RATES" | sort -n | tail -1)
+    for name in nginx shardgate; do LO[$name]=0 HI[$name]=$top; done
+    for _ in $(seq "$SEARCH_STEPS"); do
+        for name in nginx shardgate; do
+            port=$([ "$name" = nginx ] && echo "$NGINX_PORT" || echo "$RELAY_PORT")
+            mid=$(( (LO[$name] + HI[$name]) / 2 ))
+            line=$(taskset -c "$LOAD_CPU" "$LOAD" run "127.0.0.1:$port" "$mid" "$DURATION" "$FLOWS" "$SIZE")
+            printf '%-9s quota=%s%% rate=%-7s %s\n' "$name" "$CPU_QUOTA" "$mid" "$line"
+            if ok "$(sed -E 's/.*loss_pct=([0-9.]+).*/\1/' <<<"$line")"; then LO[$name]=$mid; else HI[$name]=$mid; fi
+        done
+    done
+    echo "at $CPU_QUOTA % of a core, loss-free up to: nginx ${LO[nginx]}/s, shardgate ${LO[shardgate]}/s" \
+        "(round trips; per core about $((LO[nginx] * 200 / CPU_QUOTA)) and $((LO[shardgate] * 200 / CPU_QUOTA)) datagrams/s relayed)"
+    for name in nginx shardgate; do
+        [ $((HI[$name] - LO[$name])) -lt $((top / 50 + 1)) ] && [ "${HI[$name]}" = "$top" ] &&
+            echo "note: $name carried nearly every rate the direct path did; lower CPU_QUOTA"
+    done
+fi
+echo "reproduce: RATES=\"$RATES\" DURATION=$DURATION FLOWS=$FLOWS SIZE=$SIZE CPU_QUOTA=$CPU_QUOTA SEARCH_STEPS=$SEARCH_STEPS LATENCY_RATE=$LATENCY_RATE LATENCY_ROUNDS=$LATENCY_ROUNDS bash tests/perf/udp_vs_nginx.sh"
+echo "loss-free ratio: $(awk -v s="$(best shardgate)" -v n="$(best nginx)" 'BEGIN { printf "%.2f", (n > 0) ? s / n : 0 }') (unlimited proxies; rates step by the RATES given)"
+echo "CPU ratio: $(awk -v s="$CAP_shardgate" -v n="$CAP_nginx" 'BEGIN { printf "%.2f", (n > 0) ? s / n : 0 }') (datagrams/s one core relays, from CPU time at $common/s)"
+if [ "$quota_ok" = 1 ]; then
+    awk -v s="${LO[shardgate]}" -v n="${LO[nginx]}" -v q="$CPU_QUOTA" 'BEGIN {
+        printf "quota ratio: %.2f (loss-free rates at %s %% of a core each)\n", (n > 0) ? s / n : 0, q
+        printf "ratio: %.2f\n", (n > 0) ? s / n : 0 }'
+elif [ "$(best shardgate)" -ge "$direct_best" ] || [ "$(best nginx)" -ge "$direct_best" ]; then
     echo "note: a proxy carried every rate the direct path did ($direct_best/s): the load generator's core"
     echo "      is the limit; the ratio below is from CPU per datagram"
     awk -v s="$CAP_shardgate" -v n="$CAP_nginx" 'BEGIN { printf "ratio: %.2f\n", (n > 0) ? s / n : 0 }'
