@@ -14,6 +14,29 @@ use std::time::Duration;
 use common::dns::{publish_shards, SHARDS_SRV as SRV};
 const ROOMS: usize = 5_000;
 
+/// The route every replica here has: everything to the `shards` pool, room-sticky.
+const SHARD_ROUTE: &str = "[[route]]\npath_prefix = \"/\"\nshard = { pool = \"shards\" }\n";
+
+/// The `[peers]` section of a replica listening on `port` and dialling `peers`, with `secret`.
+fn peers_section(port: u16, peers: &[u16], secret: &str, sync_wait: &str) -> String {
+    let list: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\nsecret = \"{secret}\"\n\
+         sync_wait = \"{sync_wait}\"\n\n",
+        list.join(", ")
+    )
+}
+
+/// A `[resolver]` asking `dns` (answers kept `min_ttl` to `max_ttl`) and the `shards` pool
+/// named by its SRV record.
+fn srv_discovery(dns: &DnsServer, min_ttl: &str, max_ttl: &str) -> String {
+    format!(
+        "[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"{min_ttl}\"\nmax_ttl = \"{max_ttl}\"\n\
+         timeout = \"300ms\"\n\n[[pool]]\nname = \"shards\"\nshards.srv = \"{SRV}\"\n\n",
+        dns.addr
+    )
+}
+
 /// What the scenario saw.
 struct Outcome {
     /// Rooms served by two shards within one phase (two participants apart at once).
@@ -34,28 +57,17 @@ async fn scenario(with_peers: bool) -> Outcome {
     }
     publish_shards(&dns, 1, &[&backends[0], &backends[1], &backends[2]]);
     let peer_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let list: Vec<String> = peer_ports
-        .iter()
-        .map(|p| format!("\"127.0.0.1:{p}\""))
-        .collect();
     let mut replicas = Vec::new();
     let mut configs = Vec::new();
     for port in &peer_ports {
         let (head, http, admin) = config_head("t");
         let peers = if with_peers {
-            format!(
-                "[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\nsecret = \"{SECRET}\"\nsync_wait = \"5s\"\n\n",
-                list.join(", ")
-            )
+            peers_section(*port, &peer_ports, SECRET, "5s")
         } else {
             String::new()
         };
-        let text = format!(
-            "{head}[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"1s\"\ntimeout = \"300ms\"\n\n{peers}\
-             [[pool]]\nname = \"shards\"\nshards.srv = \"{SRV}\"\n\n\
-             [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-            dns.addr
-        );
+        let discovery = srv_discovery(&dns, "200ms", "1s");
+        let text = format!("{head}{peers}{discovery}{SHARD_ROUTE}");
         replicas.push(Shardgate::start(&text, http, admin));
         configs.push((text, http, admin));
     }
@@ -251,14 +263,11 @@ fn pair(ports: &[u16], backends: &[Backend], secret: &str) -> Vec<Shardgate> {
 
 /// A replica listening for peers on `port` and dialling those on `peers`.
 fn replica(port: u16, peers: &[u16], backends: &[Backend], secret: &str) -> Shardgate {
-    let list: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let shards: Vec<&Backend> = backends.iter().collect();
     let (head, http, admin) = config_head("t");
     let text = format!(
-        "{head}[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\n\
-         secret = \"{secret}\"\nsync_wait = \"5s\"\n\n{}\
-         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        list.join(", "),
+        "{head}{}{}{SHARD_ROUTE}",
+        peers_section(port, peers, secret, "5s"),
         shard_pool("shards", &shards)
     );
     Shardgate::start(&text, http, admin)
@@ -401,10 +410,8 @@ async fn a_peer_that_stops_reading_is_dropped_not_queued_for() {
     let port = free_port();
     let (head, http, admin) = config_head("t");
     let text = format!(
-        "{head}[peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [\"127.0.0.1:{port}\"]\n\
-         secret = \"{SECRET}\"\nsync_wait = \"1s\"\n\n{}\
-         sticky = {{ ttl = \"10m\", capacity = 1000 }}\n\n\
-         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
+        "{head}{}{}sticky = {{ ttl = \"10m\", capacity = 1000 }}\n\n{SHARD_ROUTE}",
+        peers_section(port, &[port], SECRET, "1s"),
         shard_pool("shards", &[&backends[0]])
     );
     let a = Shardgate::start(&text, http, admin);
@@ -495,16 +502,11 @@ async fn a_peer_that_stops_reading_is_dropped_not_queued_for() {
 
 /// A replica that discovers shards by `dns`, looking it up every `every`, with peers.
 fn dns_replica(port: u16, peers: &[u16], dns: &DnsServer, every: &str) -> Shardgate {
-    let list: Vec<String> = peers.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
     let (head, http, admin) = config_head("t");
     let text = format!(
-        "{head}[resolver]\nnameservers = [\"{}\"]\nmin_ttl = \"{every}\"\nmax_ttl = \"{every}\"\n\
-         timeout = \"300ms\"\n\n\
-         [peers]\nlisten = \"127.0.0.1:{port}\"\nlist = [{}]\nsecret = \"{SECRET}\"\nsync_wait = \"5s\"\n\n\
-         [[pool]]\nname = \"shards\"\nshards.srv = \"{SRV}\"\n\n\
-         [[route]]\npath_prefix = \"/\"\nshard = {{ pool = \"shards\" }}\n",
-        dns.addr,
-        list.join(", ")
+        "{head}{}{}{SHARD_ROUTE}",
+        peers_section(port, peers, SECRET, "5s"),
+        srv_discovery(dns, every, every)
     );
     Shardgate::start(&text, http, admin)
 }
