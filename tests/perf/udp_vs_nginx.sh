@@ -126,16 +126,19 @@ kill -0 "$SG_PID" 2>/dev/null || die "shardgate did not start: $(cat "$TMP/shard
 # CPU seconds (user + system) a process has used.
 cpu_secs() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 
-declare -A LOSS P50 P99 CPU RECEIVED
+# One run of the load generator against a port at a rate: its result line.
+load() { taskset -c "$LOAD_CPU" "$LOAD" run "127.0.0.1:$1" "$2" "$DURATION" "$FLOWS" "$SIZE"; }
+# A field of a result line (loss_pct, p50_us, p99_us, received).
+field() { sed -E "s/.*$1=([0-9.]+).*/\1/" <<<"$2"; }
+
+declare -A LOSS CPU RECEIVED
 measure() { # name port pid
     local name=$1 port=$2 pid=$3 rate=$4 before after line
     before=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
-    line=$(taskset -c "$LOAD_CPU" "$LOAD" run "127.0.0.1:$port" "$rate" "$DURATION" "$FLOWS" "$SIZE")
+    line=$(load "$port" "$rate")
     after=$([ -n "$pid" ] && cpu_secs "$pid" || echo 0)
-    LOSS[$name,$rate]=$(sed -E 's/.*loss_pct=([0-9.]+).*/\1/' <<<"$line")
-    P50[$name,$rate]=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line")
-    P99[$name,$rate]=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
-    RECEIVED[$name,$rate]=$(sed -E 's/.*received=([0-9]+).*/\1/' <<<"$line")
+    LOSS[$name,$rate]=$(field loss_pct "$line")
+    RECEIVED[$name,$rate]=$(field received "$line")
     CPU[$name,$rate]=$(awk -v a="$after" -v b="$before" 'BEGIN { printf "%.3f", a - b }')
     printf '%-9s rate=%-7s %s proxy_cpu_s=%s\n' "$name" "$rate" "$line" "${CPU[$name,$rate]}"
 }
@@ -160,7 +163,7 @@ for name in nginx shardgate; do
     # CPU per relayed datagram: each round trip is two datagrams through the proxy.
     per=$(awk -v c="${CPU[$name,$common]}" -v n="${RECEIVED[$name,$common]}" 'BEGIN { printf "%.2f", 1e6 * c / (2 * n) }')
     cap=$(awk -v p="$per" 'BEGIN { printf "%.0f", (p > 0) ? 1e6 / p : 0 }')
-    echo "$name at $common/s: added p50 $((P50[$name,$common] - P50[direct,$common])) us, p99 $((P99[$name,$common] - P99[direct,$common])) us; CPU ${per} us per datagram (one core: ~${cap} datagrams/s)"
+    echo "$name at $common/s: CPU ${per} us per datagram (one core: ~${cap} datagrams/s)"
     eval "CAP_$name=$cap"
 done
 # Latency: one round of the four paths (direct; the floor, the simplest relay there is, on the
@@ -175,10 +178,10 @@ echo "# latency: $LATENCY_ROUNDS rounds at $LATENCY_RATE/s"
 for round in $(seq "$LATENCY_ROUNDS"); do
     for path in direct:$ECHO_PORT floor:$FLOOR_PORT nginx:$NGINX_PORT shardgate:$RELAY_PORT; do
         name=${path%%:*}
-        line=$(taskset -c "$LOAD_CPU" "$LOAD" run "127.0.0.1:${path#*:}" "$LATENCY_RATE" "$DURATION" "$FLOWS" "$SIZE")
+        line=$(load "${path#*:}" "$LATENCY_RATE")
         printf '%-9s round=%s rate=%-7s %s\n' "$name" "$round" "$LATENCY_RATE" "$line"
-        RUN_P50[$name]+="$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line") "
-        RUN_P99[$name]+="$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line") "
+        RUN_P50[$name]+="$(field p50_us "$line") "
+        RUN_P99[$name]+="$(field p99_us "$line") "
     done
 done
 declare -A MED50 MED99
@@ -232,9 +235,9 @@ if [ "$quota_ok" = 1 ]; then
         for name in nginx shardgate; do
             port=$([ "$name" = nginx ] && echo "$NGINX_PORT" || echo "$RELAY_PORT")
             mid=$(( (LO[$name] + HI[$name]) / 2 ))
-            line=$(taskset -c "$LOAD_CPU" "$LOAD" run "127.0.0.1:$port" "$mid" "$DURATION" "$FLOWS" "$SIZE")
+            line=$(load "$port" "$mid")
             printf '%-9s quota=%s%% rate=%-7s %s\n' "$name" "$CPU_QUOTA" "$mid" "$line"
-            if ok "$(sed -E 's/.*loss_pct=([0-9.]+).*/\1/' <<<"$line")"; then LO[$name]=$mid; else HI[$name]=$mid; fi
+            if ok "$(field loss_pct "$line")"; then LO[$name]=$mid; else HI[$name]=$mid; fi
         done
     done
     echo "at $CPU_QUOTA % of a core, loss-free up to: nginx ${LO[nginx]}/s, shardgate ${LO[shardgate]}/s" \
