@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::SdpOffer;
 use str0m::config::{CryptoProvider, DtlsCert};
-use str0m::media::{MediaData, MediaKind, Mid, Rid};
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, RtcConfig};
 
 /// Limits and the address the SFU advertises.
@@ -93,7 +94,8 @@ pub struct Counters {
 /// What one peer's events ask of the others, applied after the peer has been drained.
 pub(super) enum Prop {
     TrackOpened(PeerId, Mid, MediaKind),
-    Media(PeerId, Box<MediaData>),
+    /// An RTP packet of the publisher's track `mid` (simulcast layer `rid`).
+    Rtp(PeerId, Mid, Option<Rid>, Box<RtpPacket>),
     Keyframe(PeerId, Mid, Option<Rid>),
     /// A simulcast track's layer rates changed: its subscribers re-choose.
     Rechoose(PeerId, Mid),
@@ -177,7 +179,10 @@ impl Core {
         payload_types_consistent(offer).map_err(JoinError::BadOffer)?;
         let offer =
             SdpOffer::from_sdp_string(offer).map_err(|e| JoinError::BadOffer(e.to_string()))?;
+        // RTP mode: packets are forwarded as they come (rewritten per subscriber where a layer
+        // switch needs it), not depacketized into frames and packetized again.
         let mut config = RtcConfig::new()
+            .set_rtp_mode(true)
             .set_ice_lite(true)
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.cert.clone())
@@ -526,16 +531,23 @@ impl Core {
                     self.feed_viewers(&room);
                 }
             }
-            Event::MediaData(data) => {
-                if let (Some(t), Some(rid)) = (peer.track_in(data.mid), data.rid) {
-                    if t.rates.record(rid, data.data.len(), now) {
-                        self.props.push_back(Prop::Rechoose(id, data.mid));
+            Event::RtpPacket(packet) => {
+                let ssrc = packet.header.ssrc;
+                let Some((mid, rid)) = peer
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
+                    return;
+                };
+                if let (Some(t), Some(rid)) = (peer.track_in(mid), rid) {
+                    if t.rates.record(rid, packet.payload.len(), now) {
+                        self.props.push_back(Prop::Rechoose(id, mid));
                     }
                 }
-                if !data.contiguous && data.params.spec().codec.is_video() {
-                    self.props.push_back(Prop::Keyframe(id, data.mid, data.rid));
-                }
-                self.props.push_back(Prop::Media(id, Box::new(data)));
+                self.props
+                    .push_back(Prop::Rtp(id, mid, rid, Box::new(packet)));
             }
             Event::KeyframeRequest(req) => {
                 if let Some(t) = peer.track_out_by_mid(req.mid) {
@@ -682,8 +694,8 @@ impl TrackOut {
             kind,
             state: OutState::ToOpen,
             layer: Default::default(),
-            time_offset: 0,
-            last_time: None,
+            rewrite: Default::default(),
+            sink: None,
         }
     }
 }

@@ -1,19 +1,27 @@
-//! Forwarding between peers: new tracks offered to the room, media frames written to each
-//! subscriber (one simulcast layer each), keyframe requests sent to publishers.
+//! Forwarding between peers: new tracks offered to the room, RTP packets written to each
+//! subscriber (one simulcast layer each, continuous across switches), keyframe requests sent to
+//! publishers.
 
 use super::core::{Core, Prop, KEYFRAME_THROTTLE};
 use super::demux::PeerId;
 use super::layers::{self, Verdict};
-use super::peer::{OutState, Role, TrackOut};
+use super::peer::{OutState, Role, Sink, TrackOut};
 use std::time::Instant;
 use str0m::bwe::Bitrate;
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::format::{
+    detect_av1_keyframe, detect_h264_keyframe, detect_h265_keyframe, detect_vp8_keyframe,
+    detect_vp9_keyframe, Codec, PayloadParams,
+};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 impl Core {
     pub(super) fn apply(&mut self, prop: Prop, now: Instant) {
         match prop {
             Prop::TrackOpened(publisher, mid, kind) => self.track_opened(publisher, mid, kind),
-            Prop::Media(publisher, data) => self.forward(publisher, &data, now),
+            Prop::Rtp(publisher, mid, rid, packet) => {
+                self.forward(publisher, mid, rid, &packet, now)
+            }
             Prop::Keyframe(publisher, mid, rid) => self.request_keyframe(publisher, mid, rid, now),
             Prop::Rechoose(publisher, mid) => {
                 let Some(room) = self.peers.get(&publisher).map(|p| p.room.clone()) else {
@@ -81,22 +89,44 @@ impl Core {
                 if let Some((p, mid, _)) = sources.iter().find(|(_, _, k)| *k == t.kind) {
                     t.source = Some((*p, *mid));
                     t.layer = Default::default();
-                    t.last_time = None;
+                    t.rewrite.switch();
+                    t.sink = None;
                     self.props.push_back(Prop::Keyframe(*p, *mid, None));
                 }
             }
         }
     }
 
-    fn forward(&mut self, publisher: PeerId, data: &MediaData, now: Instant) {
-        let Some(room) = self.peers.get(&publisher).map(|p| p.room.clone()) else {
+    fn forward(
+        &mut self,
+        publisher: PeerId,
+        mid: Mid,
+        rid: Option<Rid>,
+        packet: &RtpPacket,
+        now: Instant,
+    ) {
+        let Some(p) = self.peers.get(&publisher) else {
             return;
         };
-        let keyframe = data.rid.is_some() && data.is_keyframe();
+        let room = p.room.clone();
+        let pt = packet.header.payload_type;
+        let Some(params) = p.rtc.codec_config().find(|x| x.pt() == pt).copied() else {
+            return;
+        };
+        let codec = params.spec().codec;
+        let keyframe = rid.is_some() && starts_keyframe(codec, &packet.payload);
+        let vp8 = (codec == Codec::Vp8).then_some(&packet.payload[..]);
+        // What the subscriber's player uses; str0m writes the transport's own (mid, TWCC).
+        let ext = ExtensionValues {
+            audio_level: packet.header.ext_vals.audio_level,
+            voice_activity: packet.header.ext_vals.voice_activity,
+            video_orientation: packet.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
         let mut wanted_layers: Vec<Rid> = Vec::new();
         let mut faulted: Vec<PeerId> = Vec::new();
         // The member list is lent out for the loop (nothing below changes rooms) instead of
-        // copied per frame.
+        // copied per packet.
         let members = self
             .rooms
             .get_mut(&room)
@@ -106,22 +136,21 @@ impl Core {
             if other == publisher {
                 continue;
             }
-            let Some(sub) = self.peers.get_mut(&other) else {
+            let Some(sub) = self.peers.get_mut(&other).filter(|s| s.connected) else {
                 continue;
             };
             let mut wrote = false;
             for t in &mut sub.tracks_out {
-                let OutState::Open(mid) = t.state else {
+                let OutState::Open(out_mid) = t.state else {
                     continue;
                 };
-                if t.source != Some((publisher, data.mid)) {
+                if t.source != Some((publisher, mid)) {
                     continue;
                 }
-                let switched = match data.rid {
-                    None => false,
-                    Some(rid) => match t.layer.on_frame(rid, keyframe) {
-                        Verdict::Forward => false,
-                        Verdict::SwitchAndForward => true,
+                if let Some(rid) = rid {
+                    match t.layer.on_packet(rid, keyframe) {
+                        Verdict::Forward => {}
+                        Verdict::SwitchAndForward => t.rewrite.switch(),
                         Verdict::Skip => continue,
                         Verdict::SkipNeedKeyframe => {
                             if !wanted_layers.contains(&rid) {
@@ -129,21 +158,46 @@ impl Core {
                             }
                             continue;
                         }
+                    }
+                }
+                let sink = match t.sink {
+                    Some(s) if s.source_pt == pt => s,
+                    _ => match Sink::find(&mut sub.rtc, out_mid, params) {
+                        Some(s) => *t.sink.insert(s),
+                        // The subscriber's session has no such codec (or stream).
+                        None => continue,
                     },
                 };
-                let time = t.continue_time(data.time, switched);
-                let Some(writer) = sub.rtc.writer(mid) else {
+                let Some(out) = t.rewrite.packet(packet.seq_no, packet.time, vp8) else {
                     continue;
                 };
-                let Some(pt) = writer.match_params(data.params) else {
-                    continue;
-                };
+                let mut write = RtpWrite::new(
+                    sink.pt,
+                    out.seq_no,
+                    out.time,
+                    packet.timestamp,
+                    packet.payload.clone(),
+                )
+                .marker(packet.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(t.kind == MediaKind::Video);
+                if let Some(patch) = out.vp8_patch {
+                    write = write.vp8_patch(patch);
+                }
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    writer.write(pt, data.network_time, time, data.data.clone())
+                    let mut api = sub.rtc.direct_api();
+                    match api.stream_tx(&sink.ssrc) {
+                        Some(tx) => {
+                            tx.write_rtp(write);
+                            true
+                        }
+                        None => false,
+                    }
                 }));
                 match result {
-                    Ok(Ok(())) => wrote = true,
-                    Ok(Err(e)) => tracing::debug!(peer = other, error = %e, "frame not written"),
+                    Ok(true) => wrote = true,
+                    // The stream changed (renegotiation): found again on the next packet.
+                    Ok(false) => t.sink = None,
                     Err(_) => {
                         faulted.push(other);
                         break;
@@ -161,7 +215,7 @@ impl Core {
             self.fault(peer);
         }
         for rid in wanted_layers {
-            self.request_keyframe(publisher, data.mid, Some(rid), now);
+            self.request_keyframe(publisher, mid, Some(rid), now);
         }
     }
 
@@ -179,17 +233,24 @@ impl Core {
             return;
         }
         t.last_keyframe_request = Some(now);
-        let Some(mut writer) = p.rtc.writer(mid) else {
-            return;
+        let seen: Vec<Option<Rid>> = t
+            .rates
+            .ranked(now)
+            .into_iter()
+            .map(|(r, _)| Some(r))
+            .collect();
+        // The layer named when it is known; else every layer seen (a simulcast track), or the
+        // track's one stream.
+        let rids: Vec<Option<Rid>> = match rid {
+            Some(r) if seen.contains(&Some(r)) => vec![Some(r)],
+            _ if seen.is_empty() => vec![None],
+            _ => seen,
         };
-        // A rid the publisher does not send (or none for a simulcast track) fails: ask for the
-        // whole track then.
-        if writer
-            .request_keyframe(rid, KeyframeRequestKind::Pli)
-            .is_err()
-            && rid.is_some()
-        {
-            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+        let mut api = p.rtc.direct_api();
+        for rid in rids {
+            if let Some(stream) = api.stream_rx_by_mid(mid, rid) {
+                stream.request_keyframe(KeyframeRequestKind::Pli);
+            }
         }
         self.counters.keyframe_requests += 1;
         self.dirty.push(publisher);
@@ -241,19 +302,28 @@ impl Core {
     }
 }
 
-impl TrackOut {
-    /// The media time to write: the source's, shifted so a layer switch continues the
-    /// subscriber's timeline one frame after the last frame written.
-    fn continue_time(&mut self, time: MediaTime, switched: bool) -> MediaTime {
-        let raw = time.numer() as i64;
-        if switched {
-            if let Some(last) = self.last_time {
-                let frame = i64::from(time.frequency().get()) / 30;
-                self.time_offset = last as i64 + frame - raw;
-            }
-        }
-        let shifted = (raw + self.time_offset).max(0) as u64;
-        self.last_time = Some(shifted);
-        MediaTime::new(shifted, time.frequency())
+/// Whether an RTP payload starts a keyframe of `codec` (a layer switch waits for one).
+fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::Vp8 => detect_vp8_keyframe(payload),
+        Codec::Vp9 => detect_vp9_keyframe(payload),
+        Codec::H264 => detect_h264_keyframe(payload),
+        Codec::H265 => detect_h265_keyframe(payload),
+        Codec::Av1 => detect_av1_keyframe(payload),
+        _ => false,
+    }
+}
+
+impl Sink {
+    /// Where packets of the publisher's codec `params` go in a subscriber's session for its
+    /// track `mid`: the payload type it gave that codec and the stream's SSRC.
+    fn find(rtc: &mut str0m::Rtc, mid: Mid, params: PayloadParams) -> Option<Sink> {
+        let pt = rtc.codec_config().match_params(params)?.pt();
+        let ssrc = rtc.direct_api().stream_tx_by_mid(mid, None)?.ssrc();
+        Some(Sink {
+            source_pt: params.pt(),
+            pt,
+            ssrc,
+        })
     }
 }

@@ -23,7 +23,8 @@ struct Meter {
 const BUCKET: Duration = Duration::from_secs(1);
 
 impl LayerRates {
-    /// Counts a frame; `true` when a new one-second bucket began (time to re-choose layers).
+    /// Counts a packet's payload; `true` when a new one-second bucket began (time to re-choose
+    /// layers).
     pub fn record(&mut self, rid: Rid, bytes: usize, now: Instant) -> bool {
         let m = match self.layers.iter_mut().position(|m| m.rid == rid) {
             Some(i) => &mut self.layers[i],
@@ -96,7 +97,7 @@ pub struct Selection {
     pub target: Option<Rid>,
 }
 
-/// What to do with one frame of layer `rid`.
+/// What to do with one RTP packet of layer `rid`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Forward,
@@ -109,7 +110,8 @@ pub enum Verdict {
 }
 
 impl Selection {
-    pub fn on_frame(&mut self, rid: Rid, keyframe: bool) -> Verdict {
+    /// `keyframe`: the packet starts a keyframe (a switch happens there, never mid-frame).
+    pub fn on_packet(&mut self, rid: Rid, keyframe: bool) -> Verdict {
         let target = *self.target.get_or_insert(rid);
         if rid == target && self.current != Some(target) {
             if keyframe {
@@ -170,19 +172,19 @@ mod tests {
     #[test]
     fn switches_only_on_a_keyframe_of_the_target() {
         let mut s = Selection::default();
-        assert_eq!(s.on_frame(rid("h"), false), Verdict::SkipNeedKeyframe);
-        assert_eq!(s.on_frame(rid("l"), true), Verdict::Skip);
-        assert_eq!(s.on_frame(rid("h"), true), Verdict::SwitchAndForward);
-        assert_eq!(s.on_frame(rid("h"), false), Verdict::Forward);
+        assert_eq!(s.on_packet(rid("h"), false), Verdict::SkipNeedKeyframe);
+        assert_eq!(s.on_packet(rid("l"), true), Verdict::Skip);
+        assert_eq!(s.on_packet(rid("h"), true), Verdict::SwitchAndForward);
+        assert_eq!(s.on_packet(rid("h"), false), Verdict::Forward);
         s.target = Some(rid("l"));
-        assert_eq!(s.on_frame(rid("l"), false), Verdict::SkipNeedKeyframe);
+        assert_eq!(s.on_packet(rid("l"), false), Verdict::SkipNeedKeyframe);
         assert_eq!(
-            s.on_frame(rid("h"), false),
+            s.on_packet(rid("h"), false),
             Verdict::Forward,
             "old layer until the switch"
         );
-        assert_eq!(s.on_frame(rid("l"), true), Verdict::SwitchAndForward);
-        assert_eq!(s.on_frame(rid("h"), true), Verdict::Skip);
+        assert_eq!(s.on_packet(rid("l"), true), Verdict::SwitchAndForward);
+        assert_eq!(s.on_packet(rid("h"), true), Verdict::Skip);
         assert_eq!(s.current, Some(rid("l")));
     }
 }

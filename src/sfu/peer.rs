@@ -2,11 +2,13 @@
 
 use super::demux::PeerId;
 use super::layers::{LayerRates, Selection};
+use super::rewrite::Rewrite;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::change::SdpPendingOffer;
-use str0m::media::{MediaKind, Mid, Rid};
+use str0m::media::{MediaKind, Mid, Pt, Rid};
+use str0m::rtp::Ssrc;
 use str0m::Rtc;
 
 /// How a peer joined, which decides what it sends, receives and renegotiates.
@@ -60,9 +62,19 @@ pub struct TrackOut {
     pub kind: MediaKind,
     pub state: OutState,
     pub layer: Selection,
-    /// RTP time continuity across layer switches: added to the source's media time.
-    pub time_offset: i64,
-    pub last_time: Option<u64>,
+    /// Sequence numbers, times and VP8 picture ids continuous across layer switches.
+    pub rewrite: Rewrite,
+    /// Where its packets go in the subscriber's session (looked up once, not per packet).
+    pub sink: Option<Sink>,
+}
+
+/// A `TrackOut`'s payload type and stream in its subscriber's session, for packets of one
+/// payload type of its source.
+#[derive(Debug, Clone, Copy)]
+pub struct Sink {
+    pub source_pt: Pt,
+    pub pt: Pt,
+    pub ssrc: Ssrc,
 }
 
 /// A `TrackOut`'s place in the SDP negotiation with its peer.
