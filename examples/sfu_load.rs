@@ -174,8 +174,11 @@ async fn participant(
                 let _ = client.rtc.handle_input(input);
             }
             m = ws.next() => {
-                let Some(Ok(Message::Text(text))) = m else {
-                    return Err(format!("signalling closed: {m:?}"));
+                let text = match m {
+                    Some(Ok(Message::Text(text))) => text,
+                    // The server's keepalive (the pong goes out with the next read).
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return Err(format!("signalling closed: {m:?}")),
                 };
                 let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                 match v["type"].as_str() {
