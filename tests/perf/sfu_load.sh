@@ -2,20 +2,22 @@
 # SFU capacity: synthetic participants (examples/sfu_load.rs: str0m clients on real UDP sockets
 # on loopback, joined over shardgate's WebSocket signalling) in rooms of 4, each sending audio
 # (50 frames/s) and video (~500 kbit/s, 30 frames/s, about Jitsi's measured average per
-# endpoint). The number of participants rises step by step until forwarded loss exceeds 1 % or
-# the SFU's thread saturates its core.
+# endpoint). The number of participants rises step by step until forwarded loss exceeds 1 %, or
+# the SFU's thread saturates its core, or the load generator saturates its CPUs (past that a
+# step measures the generator, not the SFU).
 #
 # NOT run by CI. A manual benchmark for a 2-core (or larger) Linux box:
 #   CPU 0 (SFU_CPU):  shardgate (the SFU runs on one thread of its own)
-#   CPU 1 (LOAD_CPU): the load generator
+#   CPU 1 (LOAD_CPU): the load generator (a list such as 1-3 gives it more CPUs and threads)
 # Each step measures, over its window, the SFU thread's CPU time and the RTP packets it sent
 # (shardgate_sfu_rtp_packets_total{direction="out"}), and the frame loss the participants saw.
 # The load generator does about the SFU's work per participant (SRTP both ways, and it
-# depacketizes), so on two cores it usually saturates first: then its loss ends the run and the
-# SFU's per-core figures are taken at that load.
+# depacketizes), so on two cores it saturates first (at about 190 participants on the 2-core
+# VM): the SFU's per-core figures are then taken at that load.
 #
 # Usage: tests/perf/sfu_load.sh
-# Environment (defaults in brackets): STEPS ["8 16 24 32 48 64 96 128"] SECONDS_PER_STEP [8]
+# Environment (defaults in brackets): STEPS ["8 16 32 64 96 128 160 192 256 320 384 512"]
+#   SECONDS_PER_STEP [8]
 #   SFU_CPU [0] LOAD_CPU [1] SHARDGATE [this checkout's release build; another binary for
 #   side-by-side runs of two builds]
 # Output: one line per step, the reproducing command, and last
@@ -23,13 +25,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-STEPS=${STEPS:-"8 16 24 32 48 64 96 128"}
+STEPS=${STEPS:-"8 16 32 64 96 128 160 192 256 320 384 512"}
 SECONDS_PER_STEP=${SECONDS_PER_STEP:-8}
 SFU_CPU=${SFU_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 HTTP_PORT=19380 ADMIN_PORT=19390 UDP_PORT=19400
 WARMUP=4
 
+LOAD_CPUS=$(taskset -c "$LOAD_CPU" nproc)
 [ "$(nproc)" -ge 2 ] || echo "WARNING: one CPU: SFU and load share it; figures are not meaningful" >&2
 
 echo "# building (release)"
@@ -88,7 +91,7 @@ printf '%-12s %10s %9s %9s %12s %14s %13s\n' participants loss_% sfu_cpu load_cp
 best_parts=0 best_cpu=0 best_pps=0 limit="the last step"
 for n in $STEPS; do
     taskset -c "$LOAD_CPU" "$LOAD" --url "ws://127.0.0.1:$HTTP_PORT/ws" --participants "$n" \
-        --seconds "$SECONDS_PER_STEP" --rooms "step$n" > "$TMP/load.out" 2> "$TMP/load.err" &
+        --threads "$LOAD_CPUS" --seconds "$SECONDS_PER_STEP" --rooms "step$n" > "$TMP/load.out" 2> "$TMP/load.err" &
     LOAD_PID=$!
     sleep $((WARMUP + 1))
     t0=$(date +%s.%N) s0=$(sfu_ticks) l0=$(proc_ticks "$LOAD_PID") p0=$(packets_out)
@@ -113,6 +116,10 @@ for n in $STEPS; do
     best_parts=$n best_cpu=$sfu_cpu best_pps=$pps
     if awk -v c="$sfu_cpu" 'BEGIN { exit !(c > 0.95) }'; then
         limit="the SFU's core saturated at $n participants"
+        break
+    fi
+    if awk -v c="$load_cpu" -v n="$LOAD_CPUS" 'BEGIN { exit !(c > 0.95 * n) }'; then
+        limit="the load generator's CPU saturated at $n participants (more would measure it)"
         break
     fi
 done
