@@ -105,12 +105,17 @@ impl Core {
         packet: &RtpPacket,
         now: Instant,
     ) {
-        let Some(p) = self.peers.get(&publisher) else {
+        let Some(p) = self.peers.get_mut(&publisher) else {
             return;
         };
         let room = p.room.clone();
         let pt = packet.header.payload_type;
-        let Some(params) = p.rtc.codec_config().find(|x| x.pt() == pt).copied() else {
+        let Some(params) = p
+            .tracks_in
+            .iter_mut()
+            .find(|t| t.mid == mid)
+            .and_then(|t| t.codec(pt, &p.rtc))
+        else {
             return;
         };
         let codec = params.spec().codec;

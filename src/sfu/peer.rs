@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::change::SdpPendingOffer;
+use str0m::format::PayloadParams;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::rtp::Ssrc;
 use str0m::Rtc;
@@ -41,6 +42,9 @@ pub struct TrackIn {
     pub kind: MediaKind,
     pub rates: LayerRates,
     pub last_keyframe_request: Option<Instant>,
+    /// The codec of the payload type its packets last came with (looked up once per type, not
+    /// per packet).
+    codec: Option<PayloadParams>,
 }
 
 impl TrackIn {
@@ -50,6 +54,18 @@ impl TrackIn {
             kind,
             rates: LayerRates::default(),
             last_keyframe_request: None,
+            codec: None,
+        }
+    }
+
+    /// The codec the publisher's session `rtc` gave payload type `pt`.
+    pub fn codec(&mut self, pt: Pt, rtc: &Rtc) -> Option<PayloadParams> {
+        match self.codec {
+            Some(c) if c.pt() == pt => Some(c),
+            _ => {
+                self.codec = rtc.codec_config().find(|c| c.pt() == pt).copied();
+                self.codec
+            }
         }
     }
 }
