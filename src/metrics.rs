@@ -20,9 +20,6 @@ pub struct Metrics {
     pub connect_failures: IntCounterVec,
     /// Rooms moved off a shard that was down or gone, by pool.
     pub room_moves: IntCounterVec,
-    /// Requests that waited for a lookup of a shard another replica placed their room on, by
-    /// pool and outcome (`found`, `not_found`).
-    pub rooms_awaited: IntCounterVec,
     /// DNS lookups of discovery, by pool and result (`ok`, `no_records`, `error`).
     pub dns_lookups: IntCounterVec,
     /// Active health check rounds, by pool and result (`ok`, `fail`).
@@ -79,12 +76,6 @@ impl Metrics {
             "shardgate_room_moves_total",
             "Rooms moved off a shard that was down or gone",
             &["pool"],
-        );
-        let rooms_awaited = counter(
-            "shardgate_rooms_awaited_shard_total",
-            "Requests for a room another replica placed on a shard not yet discovered here, \
-             which waited for a lookup, by outcome (found, not_found)",
-            &["pool", "outcome"],
         );
         let dns_lookups = counter(
             "shardgate_dns_lookups_total",
@@ -248,6 +239,12 @@ impl Metrics {
                 &[],
             )
             .with_label_values(&[] as &[&str]),
+            rooms_reconnected: counter(
+                "shardgate_peers_rooms_reconnected_total",
+                "Rooms whose tunnels here were closed because another replica's placement of the room won (their clients reconnect to the winner)",
+                &[],
+            )
+            .with_label_values(&[] as &[&str]),
             closed: counter(
                 "shardgate_peers_closed_total",
                 "Peer connections closed by this replica: silent (nothing heard for 15 s), slow (its send queue full)",
@@ -275,7 +272,6 @@ impl Metrics {
             rejected,
             connect_failures,
             room_moves,
-            rooms_awaited,
             dns_lookups,
             health_checks,
             config_reloads,
@@ -323,6 +319,7 @@ pub struct PeerMetrics {
     pub silence: IntGaugeVec,
     pub entries_total: IntCounterVec,
     pub conflicts_lost: prometheus::IntCounter,
+    pub rooms_reconnected: prometheus::IntCounter,
     pub refused: prometheus::IntCounter,
     pub closed: IntCounterVec,
 }

@@ -31,15 +31,26 @@ pub struct Shared {
     pub peers_synced: Arc<std::sync::atomic::AtomicBool>,
     /// The replication's state for `/admin/peers`, refreshed about once a second.
     pub peers_status: Arc<Mutex<Option<serde_json::Value>>>,
-    /// Where the proxy's new placements go to be replicated, when `[peers]` is set.
+    /// Where the proxy's new placements and the admin's drains go to be replicated, when
+    /// `[peers]` is set.
     pub peers:
-        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::peers::driver::Placed>>,
+        std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<crate::peers::driver::Update>>,
+    /// This replica's name, in the drains made through its admin API (`peers.name`, else the
+    /// host name: the pod's name in Kubernetes).
+    pub replica_name: Arc<str>,
     epoch: Instant,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, status: ReloadStatus) -> Arc<Self> {
+        let replica_name = runtime
+            .config
+            .peers
+            .as_ref()
+            .and_then(|p| p.name.as_deref())
+            .map_or_else(host_name, Arc::from);
         Arc::new(Shared {
+            replica_name,
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Metrics::new(),
             generation: tokio::sync::watch::Sender::new(0),
@@ -60,6 +71,16 @@ impl Shared {
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+}
+
+/// The host's name (`$HOSTNAME`, else the kernel's), or "shardgate".
+fn host_name() -> Arc<str> {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    Arc::from(name.as_deref().unwrap_or("shardgate"))
 }
 
 /// Counts one request in [`Shared::in_flight`] from its start until it is dropped, whatever way

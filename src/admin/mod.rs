@@ -3,6 +3,7 @@
 //! undrain, and which shard a room is on. Does I/O only through pingora's session.
 
 use crate::routing::room::normalise;
+use crate::routing::AdminDrain;
 use crate::state::Shared;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -108,9 +109,20 @@ impl Admin {
                 let Some(s) = members.get(shard) else {
                     return text(StatusCode::NOT_FOUND, "no such shard in this pool\n");
                 };
-                let drain = *verb == "drain";
-                s.set_admin_drain(drain);
-                info!(pool = %p.name, shard = %s.name, drain, "admin changed drain state");
+                let drain = AdminDrain {
+                    drained: *verb == "drain",
+                    at_ms: crate::routing::unix_ms(),
+                    by: self.shared.replica_name.clone(),
+                };
+                info!(pool = %p.name, shard = %s.name, drain = drain.drained, "admin changed drain state");
+                p.admin_drain(&s.name, drain.clone());
+                if let Some(peers) = self.shared.peers.get() {
+                    let _ = peers.send(crate::peers::driver::Update::Drained {
+                        pool: p.name.clone(),
+                        shard: s.name.clone(),
+                        drain,
+                    });
+                }
                 json_reply(
                     StatusCode::OK,
                     json!({ "pool": &*p.name, "shard": &*s.name, "state": s.state_name(self.shared.now_ms()) }),

@@ -21,6 +21,9 @@ pub struct Peers {
     /// The shared secret every replica proves it knows (at least 16 bytes), e.g.
     /// `"${SHARDGATE_PEERS_SECRET}"`.
     pub secret: String,
+    /// This replica's name in the drains made through its admin API, as the others show them
+    /// (`draining (admin, via <name>)`); default the host name (a pod's name in Kubernetes).
+    pub name: Option<String>,
     /// `/readyz` waits at most this long for the first full sync from the reachable replicas.
     #[serde(default = "ten_s", deserialize_with = "super::duration::deserialize")]
     pub sync_wait: Duration,
@@ -30,7 +33,8 @@ fn ten_s() -> Duration {
     Duration::from_secs(10)
 }
 
-/// Rules serde cannot express, as (key path, message) pairs.
+/// Rules serde cannot express, as (key path, message) pairs: what `shardgate check` reports
+/// and `run` refuses to start with.
 pub(crate) fn validate(p: &Peers) -> Vec<(String, String)> {
     let mut errors = Vec::new();
     let sources = usize::from(p.srv.is_some())
@@ -41,6 +45,22 @@ pub(crate) fn validate(p: &Peers) -> Vec<(String, String)> {
             "peers".into(),
             "expected exactly one of srv = \"_peers._tcp.<headless service>.\", dns = \"<name>:<port>\" or list = [\"host:port\", …]".into(),
         ));
+    }
+    for (i, addr) in p.list.iter().enumerate() {
+        if let Err(e) = addr.parse::<SocketAddr>() {
+            errors.push((
+                format!("peers.list[{i}]"),
+                format!("{addr:?}: {e}; expected an address with its port (\"10.0.0.1:7946\", \"[fd00::1]:7946\")"),
+            ));
+        }
+    }
+    if let Some(dns) = &p.dns {
+        if super::model::host_port(dns).is_none() {
+            errors.push((
+                "peers.dns".into(),
+                format!("{dns:?}: expected <name>:<port>"),
+            ));
+        }
     }
     if p.secret.len() < 16 {
         errors.push((
@@ -62,6 +82,12 @@ pub(crate) fn validate(p: &Peers) -> Vec<(String, String)> {
             "peers.listen".into(),
             "port 0; expected the port the other replicas dial".into(),
         ));
+    }
+    if p.name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.len() > 255)
+    {
+        errors.push(("peers.name".into(), "expected 1 to 255 bytes".into()));
     }
     if p.sync_wait.is_zero() {
         errors.push(("peers.sync_wait".into(), "must be more than 0s".into()));

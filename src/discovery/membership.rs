@@ -33,6 +33,8 @@ pub fn apply(
                         shard.set_vanished(None);
                         changed = true;
                     }
+                    // Known from another replica until now: found here, and told to others.
+                    shard.set_from_peer(false);
                     if shard.base_weight() != spec.weight || **shard.addrs() != spec.addrs {
                         changed = true;
                     }
@@ -110,7 +112,9 @@ mod tests {
             1000,
         );
         assert!(changed);
-        m1.get("a").unwrap().set_admin_drain(true);
+        m1.get("a")
+            .unwrap()
+            .set_admin_drain(Some(Arc::from("admin")));
         let (m2, changed) = apply(
             &m1,
             Some(&[spec("b", "10.0.0.2"), spec("a", "10.0.0.9")]),

@@ -3,8 +3,6 @@
 //! (clamped to `resolver.min_ttl`..`max_ttl`) runs out. While lookups fail, the last good
 //! answer is kept for `resolver.hold_valid`; after that its members leave DNS as if answered
 //! empty (so they linger, draining, for the pool's `linger`). State changes are logged once.
-//! A request may ask for a lookup at once ([`crate::routing::rediscovery`]), at most every
-//! 500 ms.
 
 use super::membership::{apply, MemberSpec};
 use super::srv::{addrs_from_srv, host_key, members_from_addrs, members_from_srv, SrvRecord};
@@ -205,11 +203,6 @@ pub async fn run_pool(
     let mut last_ok: Option<Instant> = None;
     let mut failing = false;
     let started = Instant::now();
-    if !matches!(plan, Plan::ShardList(_)) {
-        // Members are named by DNS: a request may ask for a lookup now (a shard another
-        // replica already uses).
-        pool.rediscovery.discovering(cfg.max_ttl);
-    }
     loop {
         let (answer, wait) = match &plan {
             Plan::PoolSrv(name) => match lookup_srv(&resolver, name).await {
@@ -263,37 +256,25 @@ pub async fn run_pool(
                 }
             }
         };
-        let members = pool.members.load();
-        let (next, changed) = apply(
-            &members,
-            fresh.as_deref(),
-            now_ms,
-            pool.linger.as_millis() as u64,
-        );
-        if changed {
-            info!(pool = %pool.name, members = ?next.shards.iter().map(|s| &*s.name).collect::<Vec<_>>(), "members changed");
-            pool.members.store(Arc::new(next));
-        }
-        pool.rediscovery.answered();
-        let looked_up = Instant::now();
+        pool.update_members(|members| {
+            let (next, changed) = apply(
+                members,
+                fresh.as_deref(),
+                now_ms,
+                pool.linger.as_millis() as u64,
+            );
+            if changed {
+                info!(pool = %pool.name, members = ?next.shards.iter().map(|s| &*s.name).collect::<Vec<_>>(), "members changed");
+            }
+            changed.then_some(next)
+        });
         let wait = wait.clamp(cfg.min_ttl, cfg.max_ttl);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = pool.rediscovery.asked() => {
-                // Asked by a request: at once, but no more often than every ASKED_GAP.
-                let gap = ASKED_GAP.saturating_sub(looked_up.elapsed());
-                tokio::select! {
-                    _ = tokio::time::sleep(gap) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
             _ = shutdown.changed() => return,
         }
     }
 }
-
-/// Lookups that requests ask for come at most this often per pool.
-const ASKED_GAP: Duration = Duration::from_millis(500);
 
 /// Listed shards with names of their own: each keeps its last good addresses while its lookup
 /// fails (no shard leaves: the list is the config's).

@@ -5,7 +5,7 @@
 
 use super::replicator::{Action, ConnId, PeerStatus, Replicator, Totals};
 use super::wire::{decode, encode, Frame};
-use crate::routing::{Placement, StickTable};
+use crate::routing::{AdminDrain, Placement, Pool};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,11 +98,19 @@ impl Readiness {
     }
 }
 
-/// A placement made by this replica's proxy.
-pub struct Placed {
-    pub pool: Arc<str>,
-    pub room: Arc<str>,
-    pub placement: Placement,
+/// What this replica tells the others: a placement its proxy made, or a drain made through its
+/// admin API.
+pub enum Update {
+    Placed {
+        pool: Arc<str>,
+        room: Arc<str>,
+        placement: Placement,
+    },
+    Drained {
+        pool: Arc<str>,
+        shard: Arc<str>,
+        drain: AdminDrain,
+    },
 }
 
 enum Event {
@@ -117,12 +125,12 @@ enum Event {
 }
 
 /// Binds the peer port (here, so a taken port fails the start) and runs replication on a
-/// thread of its own. The pools' tables are taken again every dial round, so a reload that
-/// rebuilds a pool's table is followed.
+/// thread of its own. The pools are taken again every dial round, so a reload that rebuilds a
+/// pool (and its table) is followed.
 pub fn start(
     config: &crate::config::Peers,
     shared: &Arc<crate::state::Shared>,
-) -> Result<mpsc::UnboundedSender<Placed>, String> {
+) -> Result<mpsc::UnboundedSender<Update>, String> {
     let listen = std::net::TcpListener::bind(config.listen)
         .map_err(|e| format!("peers: cannot listen on {}: {e}", config.listen))?;
     listen
@@ -151,14 +159,14 @@ pub fn start(
             &shared.runtime.load().config.resolver,
         )?),
     };
-    // The pools' tables now: a reload may rebuild a pool (and its table).
+    // The pools now: a reload may rebuild a pool (and its table).
     let from = shared.clone();
-    let tables = move || -> HashMap<Arc<str>, StickTable> {
+    let pools = move || -> HashMap<Arc<str>, Arc<Pool>> {
         from.runtime
             .load()
             .pools
             .iter()
-            .map(|p| (p.name.clone(), p.stick.clone()))
+            .map(|p| (p.name.clone(), p.clone()))
             .collect()
     };
     let secret: Arc<[u8]> = Arc::from(config.secret.as_bytes());
@@ -192,7 +200,7 @@ pub fn start(
                             Some(report_to),
                             replica,
                             secret,
-                            tables,
+                            pools,
                             rx,
                         )
                         .await
@@ -215,12 +223,12 @@ pub async fn run(
     report_to: Option<Arc<crate::state::Shared>>,
     replica: u64,
     secret: Arc<[u8]>,
-    tables: impl Fn() -> HashMap<Arc<str>, StickTable>,
-    mut placed: mpsc::UnboundedReceiver<Placed>,
+    pools: impl Fn() -> HashMap<Arc<str>, Arc<Pool>>,
+    mut updates: mpsc::UnboundedReceiver<Update>,
 ) {
     let own = listen.local_addr().ok();
     let mut r = Replicator::new(replica, secret);
-    r.set_tables(tables());
+    r.set_pools(pools());
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut writers: HashMap<ConnId, ConnIo> = HashMap::new();
     let mut dialled: HashMap<ConnId, SocketAddr> = HashMap::new();
@@ -232,8 +240,14 @@ pub async fn run(
     let mut itself: HashSet<SocketAddr> = HashSet::new();
     let mut next_conn: ConnId = 1;
     let mut rounds = 0u64;
+    // The clock shard state is measured on (a shard learnt from another replica lingers from
+    // now on it).
     let start = Instant::now();
-    let now_ms = || start.elapsed().as_millis() as u64;
+    let clock = report_to.clone();
+    let now_ms = move || match &clock {
+        Some(shared) => shared.now_ms(),
+        None => start.elapsed().as_millis() as u64,
+    };
     let mut reported = Reported::default();
     let mut report = tokio::time::interval(Duration::from_secs(1));
     let mut flush = tokio::time::interval(FLUSH_EVERY);
@@ -275,9 +289,13 @@ pub async fn run(
                 }
                 None => return,
             },
-            p = placed.recv() => match p {
-                Some(p) => {
-                    r.placed(&p.pool, &p.room, &p.placement);
+            update = updates.recv() => match update {
+                Some(Update::Placed { pool, room, placement }) => {
+                    r.placed(&pool, &room, &placement);
+                    Vec::new()
+                }
+                Some(Update::Drained { pool, shard, drain }) => {
+                    r.drained(&pool, &shard, &drain);
                     Vec::new()
                 }
                 None => return,
@@ -299,7 +317,7 @@ pub async fn run(
                 let open_peers: HashSet<u64> =
                     r.open_conns().into_iter().filter_map(|c| r.peer_of(c)).collect();
                 rounds += 1;
-                r.set_tables(tables());
+                r.set_pools(pools());
                 let peers = source.resolve(resolver.as_ref()).await;
                 for addr in &peers {
                     let yielded = yield_to.get(addr).is_some_and(|id| open_peers.contains(id));
@@ -480,6 +498,7 @@ fn status_json(
         "entries_sent": t.entries_sent,
         "entries_received": t.entries_received,
         "conflicts_lost": t.replaced,
+        "rooms_reconnected": t.rooms_reconnected,
         "refused": t.refused,
     })
 }
@@ -539,6 +558,10 @@ impl Reported {
             .inc_by(grew(totals.entries_received, self.totals.entries_received));
         m.conflicts_lost
             .inc_by(grew(totals.replaced, self.totals.replaced));
+        m.rooms_reconnected.inc_by(grew(
+            totals.rooms_reconnected,
+            self.totals.rooms_reconnected,
+        ));
         m.refused.inc_by(grew(totals.refused, self.totals.refused));
         m.closed
             .with_label_values(&["silent"])
@@ -562,10 +585,10 @@ mod tests {
         id: u64,
         listen: TcpListener,
         peers: Vec<SocketAddr>,
-    ) -> (StickTable, mpsc::UnboundedSender<Placed>) {
-        let table = StickTable::new(Duration::from_secs(60), 1_000);
+    ) -> (Arc<Pool>, mpsc::UnboundedSender<Update>) {
+        let pool = crate::peers::replicator::tests::dns_pool();
         let (tx, rx) = mpsc::unbounded_channel();
-        let tables = HashMap::from([(Arc::from("shards"), table.clone())]);
+        let pools = HashMap::from([(Arc::from("shards"), pool.clone())]);
         tokio::spawn(run(
             listen,
             Source::List(peers),
@@ -574,10 +597,10 @@ mod tests {
             None,
             id,
             Arc::from(&b"0123456789abcdef"[..]),
-            move || tables.clone(),
+            move || pools.clone(),
             rx,
         ));
-        (table, tx)
+        (pool, tx)
     }
 
     async fn eventually(what: &str, f: impl Fn() -> bool) {
@@ -594,17 +617,12 @@ mod tests {
         let lb = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
         let (ta, pa) = replica(1, la, vec![aa, ab]).await;
-        ta.insert("early", Arc::from("shard-0"), 10);
+        ta.stick.insert("early", Arc::from("shard-0"), 10);
         let (tb, _pb) = replica(2, lb, vec![aa, ab]).await;
-        eventually("b's full sync", || tb.get("early").is_some()).await;
+        eventually("b's full sync", || tb.stick.get("early").is_some()).await;
 
-        let placement = Placement {
-            shard: Arc::from("shard-1"),
-            placed_at_ms: 20,
-            refreshed_at_ms: 20,
-        };
-        ta.insert("live", placement.shard.clone(), 20);
-        pa.send(Placed {
+        let placement = ta.stick.insert("live", Arc::from("shard-1"), 20);
+        pa.send(Update::Placed {
             pool: Arc::from("shards"),
             room: Arc::from("live"),
             placement,
@@ -612,7 +630,7 @@ mod tests {
         .ok()
         .unwrap();
         eventually("the new placement at b", || {
-            tb.get("live").as_deref() == Some("shard-1")
+            tb.stick.get("live").as_deref() == Some("shard-1")
         })
         .await;
     }

@@ -3,18 +3,27 @@
 //!
 //! - Every replica dials every other; once a handshake shows both ids, the connection dialled
 //!   by the higher id is closed, so each pair keeps exactly one.
-//! - When a connection opens, each side sends its whole table, then `SyncDone`.
+//! - When a connection opens, each side sends what it knows: the shards it found itself (their
+//!   addresses), its admin drains, its whole table, then `SyncDone`.
 //! - New placements (and refreshes, at most one per room per quarter of the table's idle time)
-//!   are batched and sent to every open connection at the next `flush`.
-//! - Entries received are merged (see `StickTable::merge`): everyone converges on the same shard.
+//!   and admin drains are batched and sent to every open connection at the next `flush`, after
+//!   the addresses of any shard not told yet (so an entry never names a shard the other side
+//!   cannot reach).
+//! - Entries received are merged (see `StickTable::merge`): everyone converges on the same
+//!   placement, whatever order they arrive in. When a room's placement here lost to another
+//!   replica's, the tunnels this replica opened for it to the losing shard are closed, so their
+//!   clients reconnect to the winner.
+//! - Shards received are learnt when this replica does not know them (see
+//!   [`Pool::learn_member`]); drains received are applied if they are the latest.
 //! - Open connections are pinged every [`PING_EVERY_MS`]; a connection that heard nothing for
 //!   [`SILENCE_MS`] (a replica gone without a TCP reset, a handshake that stalls) is closed, so
 //!   its replica is dialled again. Time is passed in (milliseconds on the driver's clock).
 
 use super::session::{Handshake, HandshakeError};
-use super::wire::{Entry, Frame, MAX_ENTRIES};
-use crate::routing::{Merged, Placement, StickTable};
+use super::wire::{Drain, Entry, Frame, Member, MAX_ENTRIES};
+use crate::routing::{AdminDrain, Merged, Placement, Pool};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// A connection, numbered by the driver.
@@ -79,14 +88,19 @@ pub struct Totals {
     pub refused: u64,
     /// Connections closed because nothing was heard on them for [`SILENCE_MS`].
     pub silent: u64,
+    /// Rooms whose tunnels here were closed because another replica's placement won.
+    pub rooms_reconnected: u64,
 }
 
 pub struct Replicator {
     replica: u64,
     secret: Arc<[u8]>,
-    tables: HashMap<Arc<str>, StickTable>,
+    pools: HashMap<Arc<str>, Arc<Pool>>,
     conns: HashMap<ConnId, Conn>,
     pending: Vec<Entry>,
+    pending_drains: Vec<Drain>,
+    /// The shards (by pool) whose addresses were told to every open connection, as told.
+    announced: HashMap<Arc<str>, HashMap<Arc<str>, Vec<SocketAddr>>>,
     totals: Totals,
 }
 
@@ -95,16 +109,18 @@ impl Replicator {
         Replicator {
             replica,
             secret,
-            tables: HashMap::new(),
+            pools: HashMap::new(),
             conns: HashMap::new(),
             pending: Vec::new(),
+            pending_drains: Vec::new(),
+            announced: HashMap::new(),
             totals: Totals::default(),
         }
     }
 
-    /// The pools' stick tables (after a start or reload), by pool name.
-    pub fn set_tables(&mut self, tables: HashMap<Arc<str>, StickTable>) {
-        self.tables = tables;
+    /// The pools (after a start or reload), by name.
+    pub fn set_pools(&mut self, pools: HashMap<Arc<str>, Arc<Pool>>) {
+        self.pools = pools;
     }
 
     /// A connection is up (`dialled` by this replica or accepted); returns the hello to send.
@@ -163,6 +179,25 @@ impl Replicator {
                 }
                 Vec::new()
             }
+            Frame::Members { pool, members } => {
+                if let Some(pool) = self.pools.get(pool.as_str()) {
+                    for m in members {
+                        pool.learn_member(&m.shard, m.addrs, now_ms);
+                    }
+                }
+                Vec::new()
+            }
+            Frame::Drain(d) => {
+                if let Some(pool) = self.pools.get(d.pool.as_str()) {
+                    let drain = AdminDrain {
+                        drained: d.drained,
+                        at_ms: d.at_ms,
+                        by: Arc::from(d.by),
+                    };
+                    pool.admin_drain(&d.shard, drain);
+                }
+                Vec::new()
+            }
             Frame::SyncDone => {
                 c.synced = true;
                 Vec::new()
@@ -179,22 +214,28 @@ impl Replicator {
 
     /// A placement made here (a new room, a room moved, or a refresh due).
     pub fn placed(&mut self, pool: &str, room: &str, p: &Placement) {
-        self.pending.push(Entry {
-            pool: pool.to_owned(),
-            room: room.to_owned(),
-            shard: p.shard.to_string(),
-            placed_at_ms: p.placed_at_ms,
-        });
+        self.pending.extend(entry(pool, room, p));
     }
 
-    /// Sends what was placed since the last flush to every open connection.
+    /// A drain or undrain made through this replica's admin API.
+    pub fn drained(&mut self, pool: &str, shard: &str, d: &AdminDrain) {
+        self.pending_drains.push(drain_frame(pool, shard, d));
+    }
+
+    /// Sends to every open connection the addresses of shards found since they were last
+    /// told, then the drains and placements made since the last flush.
     pub fn flush(&mut self) -> Vec<Action> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_drains.is_empty() {
             return Vec::new();
         }
-        let pending = std::mem::take(&mut self.pending);
         let open: Vec<ConnId> = self.open_conns();
-        let mut out = Vec::new();
+        let mut out = self.announce(&open);
+        for d in std::mem::take(&mut self.pending_drains) {
+            for conn in &open {
+                out.push(Action::Send(*conn, Frame::Drain(d.clone())));
+            }
+        }
+        let pending = std::mem::take(&mut self.pending);
         for chunk in pending.chunks(MAX_ENTRIES) {
             for conn in &open {
                 self.totals.entries_sent += chunk.len() as u64;
@@ -235,6 +276,40 @@ impl Replicator {
         }
         due.sort_unstable();
         out.extend(due.into_iter().map(|id| Action::Send(id, Frame::Ping)));
+        let open = self.open_conns();
+        out.extend(self.announce(&open));
+        out
+    }
+
+    /// `Members` frames to `open` for the shards whose addresses changed since last told.
+    fn announce(&mut self, open: &[ConnId]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (name, pool) in &self.pools {
+            let now: HashMap<Arc<str>, Vec<SocketAddr>> = pool.own_members().into_iter().collect();
+            let told = self.announced.entry(name.clone()).or_default();
+            let mut changed: Vec<Member> = now
+                .iter()
+                .filter(|(shard, addrs)| told.get(*shard) != Some(*addrs))
+                .map(|(shard, addrs)| Member {
+                    shard: shard.to_string(),
+                    addrs: addrs.clone(),
+                })
+                .collect();
+            *told = now;
+            if changed.is_empty() {
+                continue;
+            }
+            changed.sort_by(|a, b| a.shard.cmp(&b.shard));
+            for conn in open {
+                out.push(Action::Send(
+                    *conn,
+                    Frame::Members {
+                        pool: name.to_string(),
+                        members: changed.clone(),
+                    },
+                ));
+            }
+        }
         out
     }
 
@@ -304,16 +379,21 @@ impl Replicator {
     /// capacity, and [`QUEUE_SLACK`] more.
     pub fn queue_limit(&self) -> usize {
         let tables: usize = self
-            .tables
+            .pools
             .values()
-            .map(|t| {
-                usize::try_from(t.capacity().div_ceil(MAX_ENTRIES as u64)).unwrap_or(usize::MAX)
+            .map(|p| {
+                // The table, a members frame and every drain.
+                let entries = p.stick.capacity().div_ceil(MAX_ENTRIES as u64);
+                usize::try_from(entries)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1 + crate::routing::drains::MAX_DRAINS)
             })
             .fold(0, usize::saturating_add);
         tables.saturating_add(1 + QUEUE_SLACK)
     }
 
-    /// The handshake finished: keep one connection per pair, and send our whole table on it.
+    /// The handshake finished: keep one connection per pair, and send on it what this replica
+    /// knows: its shards, its drains, its whole table.
     fn opened(&mut self, conn: ConnId) -> Vec<Action> {
         let c = &self.conns[&conn];
         let peer = c
@@ -325,40 +405,65 @@ impl Replicator {
             self.conns.remove(&conn);
             return vec![Action::Duplicate(conn, peer)];
         }
+        let mut out = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
-        for (pool, table) in &self.tables {
-            for (room, p) in table.entries() {
-                entries.push(Entry {
-                    pool: pool.to_string(),
-                    room: room.to_string(),
-                    shard: p.shard.to_string(),
-                    placed_at_ms: p.placed_at_ms,
-                });
+        let mut pools: Vec<(&Arc<str>, &Arc<Pool>)> = self.pools.iter().collect();
+        pools.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, pool) in pools {
+            let members: Vec<Member> = pool
+                .own_members()
+                .into_iter()
+                .map(|(shard, addrs)| Member {
+                    shard: shard.to_string(),
+                    addrs,
+                })
+                .collect();
+            for chunk in members.chunks(usize::from(u16::MAX)) {
+                let frame = Frame::Members {
+                    pool: name.to_string(),
+                    members: chunk.to_vec(),
+                };
+                out.push(Action::Send(conn, frame));
+            }
+            for (shard, d) in pool.drains.all() {
+                out.push(Action::Send(
+                    conn,
+                    Frame::Drain(drain_frame(name, &shard, &d)),
+                ));
+            }
+            for (room, p) in pool.stick.entries() {
+                entries.extend(entry(name, &room, &p));
             }
         }
         self.totals.entries_sent += entries.len() as u64;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.sent += entries.len() as u64;
         }
-        let mut out: Vec<Action> = entries
-            .chunks(MAX_ENTRIES)
-            .map(|c| Action::Send(conn, Frame::Entries(c.to_vec())))
-            .collect();
+        out.extend(
+            entries
+                .chunks(MAX_ENTRIES)
+                .map(|c| Action::Send(conn, Frame::Entries(c.to_vec()))),
+        );
         out.push(Action::Send(conn, Frame::SyncDone));
         out
     }
 
     fn merge(&mut self, e: Entry) {
-        let Some(table) = self.tables.get(e.pool.as_str()) else {
+        let Some(pool) = self.pools.get(e.pool.as_str()) else {
             return;
         };
         let theirs = Placement {
             shard: Arc::from(e.shard.as_str()),
+            version: e.version,
             placed_at_ms: e.placed_at_ms,
             refreshed_at_ms: e.placed_at_ms,
         };
-        if table.merge(&e.room, theirs) == Merged::Replaced {
+        let shard = theirs.shard.clone();
+        if let Merged::Replaced { .. } = pool.stick.merge(&e.room, theirs) {
             self.totals.replaced += 1;
+            if pool.tunnels.close_except(&e.room, &shard) > 0 {
+                self.totals.rooms_reconnected += 1;
+            }
         }
     }
 
@@ -372,16 +477,64 @@ impl Replicator {
     }
 }
 
+/// The entry that tells placement `p` of `room`; `None` for a room key or name longer than
+/// the protocol carries (255 bytes), which is not replicated rather than break the connection.
+fn entry(pool: &str, room: &str, p: &Placement) -> Option<Entry> {
+    if [pool, room, &p.shard].iter().any(|s| s.len() > 255) {
+        return None;
+    }
+    Some(Entry {
+        pool: pool.to_owned(),
+        room: room.to_owned(),
+        shard: p.shard.to_string(),
+        placed_at_ms: p.placed_at_ms,
+        version: p.version,
+    })
+}
+
+fn drain_frame(pool: &str, shard: &str, d: &AdminDrain) -> Drain {
+    Drain {
+        pool: pool.to_owned(),
+        shard: shard.to_owned(),
+        drained: d.drained,
+        at_ms: d.at_ms,
+        by: d.by.to_string(),
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn replica(id: u64, secret: &[u8]) -> (Replicator, StickTable) {
-        let table = StickTable::new(Duration::from_secs(60), 10_000);
+    /// A pool whose shards DNS names, with room for 10,000 rooms.
+    pub(crate) fn dns_pool() -> Arc<Pool> {
+        use crate::config::{Pool as PoolConfig, Shards, Sticky};
+        Arc::new(Pool::from_config(&PoolConfig {
+            name: "shards".into(),
+            shards: Some(Shards {
+                list: Vec::new(),
+                srv: Some("_http._tcp.web.test.".into()),
+                dns: None,
+            }),
+            instances: None,
+            sticky: Sticky {
+                ttl: Duration::from_secs(60),
+                capacity: 10_000,
+            },
+            passive_down: Duration::from_secs(10),
+            linger: Duration::from_secs(600),
+            health: None,
+            agent: None,
+            tls: None,
+        }))
+    }
+
+    fn replica(id: u64, secret: &[u8]) -> (Replicator, Arc<Pool>) {
+        let pool = dns_pool();
         let mut r = Replicator::new(id, Arc::from(secret));
-        r.set_tables(HashMap::from([(Arc::from("shards"), table.clone())]));
-        (r, table)
+        r.set_pools(HashMap::from([(Arc::from("shards"), pool.clone())]));
+        (r, pool)
     }
 
     /// Hands `actions` (from the other end of `conn`) to `to`: frames are received, closes
@@ -431,6 +584,7 @@ mod tests {
     fn at(shard: &str, ms: u64) -> Placement {
         Placement {
             shard: Arc::from(shard),
+            version: 1,
             placed_at_ms: ms,
             refreshed_at_ms: ms,
         }
@@ -440,8 +594,8 @@ mod tests {
     fn a_new_connection_syncs_both_tables_then_streams_placements() {
         let (mut a, ta) = replica(1, b"secret-secret-secret");
         let (mut b, tb) = replica(2, b"secret-secret-secret");
-        ta.insert("old-a", Arc::from("shard-0"), 100);
-        tb.insert("old-b", Arc::from("shard-1"), 100);
+        ta.stick.insert("old-a", Arc::from("shard-0"), 100);
+        tb.stick.insert("old-b", Arc::from("shard-1"), 100);
         // a (lower id) dials b.
         let hello_a = a.connected(7, true, [1; 16], 0);
         let hello_b = b.connected(7, false, [2; 16], 0);
@@ -449,15 +603,15 @@ mod tests {
         assert!(closes.is_empty(), "{closes:?}");
         assert_eq!(a.synced(), (1, 1));
         assert_eq!(b.synced(), (1, 1));
-        assert_eq!(ta.get("old-b").as_deref(), Some("shard-1"));
-        assert_eq!(tb.get("old-a").as_deref(), Some("shard-0"));
+        assert_eq!(ta.stick.get("old-b").as_deref(), Some("shard-1"));
+        assert_eq!(tb.stick.get("old-a").as_deref(), Some("shard-0"));
 
-        ta.insert("new", Arc::from("shard-2"), 200);
+        ta.stick.insert("new", Arc::from("shard-2"), 200);
         a.placed("shards", "new", &at("shard-2", 200));
         let out = a.flush();
         assert_eq!(out.len(), 1);
         pump(&mut a, &mut b, 7, out, Vec::new());
-        assert_eq!(tb.get("new").as_deref(), Some("shard-2"));
+        assert_eq!(tb.stick.get("new").as_deref(), Some("shard-2"));
         assert!(a.flush().is_empty(), "nothing left to send");
         // Each side counts what it exchanged on the connection: a's old entry and the new one.
         let pa = &a.connections(0)[0];
@@ -518,8 +672,10 @@ mod tests {
     #[test]
     fn a_send_queue_holds_a_full_table_and_some_more() {
         let (a, _) = replica(1, b"secret-secret-secret");
-        // The test table holds 10,000 rooms: 3 frames of MAX_ENTRIES, and SyncDone.
-        assert_eq!(a.queue_limit(), 3 + 1 + QUEUE_SLACK);
+        // The test table holds 10,000 rooms: 3 frames of MAX_ENTRIES; a members frame and
+        // every drain; SyncDone.
+        let drains = crate::routing::drains::MAX_DRAINS;
+        assert_eq!(a.queue_limit(), 3 + 1 + drains + 1 + QUEUE_SLACK);
     }
 
     #[test]
@@ -531,15 +687,151 @@ mod tests {
             b.connected(1, false, [2; 16], 0),
         );
         pump(&mut a, &mut b, 1, ha, hb);
-        ta.insert("r", Arc::from("shard-b"), 500);
+        ta.stick.insert("r", Arc::from("shard-b"), 500);
         a.placed("shards", "r", &at("shard-b", 500));
-        tb.insert("r", Arc::from("shard-a"), 500);
+        tb.stick.insert("r", Arc::from("shard-a"), 500);
         b.placed("shards", "r", &at("shard-a", 500));
         let (fa, fb) = (a.flush(), b.flush());
         pump(&mut a, &mut b, 1, fa, fb);
-        assert_eq!(ta.get("r"), tb.get("r"));
-        assert_eq!(ta.get("r").as_deref(), Some("shard-a"));
+        assert_eq!(ta.stick.get("r"), tb.stick.get("r"));
+        assert_eq!(ta.stick.get("r").as_deref(), Some("shard-a"));
         assert_eq!(a.totals().replaced + b.totals().replaced, 1);
+    }
+
+    #[derive(Default)]
+    struct Closes(std::sync::atomic::AtomicUsize);
+
+    impl crate::routing::Closer for Closes {
+        fn close(&self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Two replicas joined by connection 1, synced.
+    fn joined() -> ((Replicator, Arc<Pool>), (Replicator, Arc<Pool>)) {
+        let (mut a, pa) = replica(1, b"k1k1k1k1k1k1k1k1");
+        let (mut b, pb) = replica(2, b"k1k1k1k1k1k1k1k1");
+        let (ha, hb) = (
+            a.connected(1, true, [1; 16], 0),
+            b.connected(1, false, [2; 16], 0),
+        );
+        assert!(pump(&mut a, &mut b, 1, ha, hb).is_empty());
+        ((a, pa), (b, pb))
+    }
+
+    #[test]
+    fn the_loser_of_a_concurrent_placement_closes_its_tunnels_to_the_losing_shard() {
+        let ((mut a, pa), (mut b, pb)) = joined();
+        // Both place "r" in the same millisecond; b's participant has a tunnel open already.
+        pa.stick.insert("r", Arc::from("shard-a"), 500);
+        a.placed("shards", "r", &pa.stick.placement("r").unwrap());
+        pb.stick.insert("r", Arc::from("shard-b"), 500);
+        b.placed("shards", "r", &pb.stick.placement("r").unwrap());
+        let closes = Arc::new(Closes::default());
+        pb.tunnel_opened("r", Arc::from("shard-b"), closes.clone());
+        let (fa, fb) = (a.flush(), b.flush());
+        pump(&mut a, &mut b, 1, fa, fb);
+        assert_eq!(pb.stick.get("r").as_deref(), Some("shard-a"));
+        assert_eq!(closes.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!((b.totals().replaced, b.totals().rooms_reconnected), (1, 1));
+        assert_eq!((a.totals().replaced, a.totals().rooms_reconnected), (0, 0));
+    }
+
+    #[test]
+    fn a_move_replaces_the_entry_of_the_dead_shard_on_the_other_replica() {
+        // The issue's reproduction, sans I/O: b has "r" on shard-0 (from a's first placement);
+        // a moves it off the dead shard-0 to shard-2; b takes the move.
+        let ((mut a, pa), (mut b, pb)) = joined();
+        let first = pa.stick.insert("r", Arc::from("shard-0"), 100);
+        a.placed("shards", "r", &first);
+        let out = a.flush();
+        pump(&mut a, &mut b, 1, out, Vec::new());
+        assert_eq!(pb.stick.get("r").as_deref(), Some("shard-0"));
+        let moved = pa.stick.insert("r", Arc::from("shard-2"), 5_000);
+        a.placed("shards", "r", &moved);
+        let out = a.flush();
+        pump(&mut a, &mut b, 1, out, Vec::new());
+        let at_b = pb.stick.placement("r").unwrap();
+        assert_eq!((&*at_b.shard, at_b.version), ("shard-2", 2));
+        // b's own refresh of the old placement, sent before it heard of the move, loses at a.
+        b.placed("shards", "r", &first);
+        let out = b.flush();
+        pump(&mut a, &mut b, 1, Vec::new(), out);
+        assert_eq!(pa.stick.get("r").as_deref(), Some("shard-2"));
+    }
+
+    #[test]
+    fn shards_and_drains_travel_at_sync_and_before_the_entries_that_name_them() {
+        use crate::routing::{Members, Shard};
+        let addr: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+        let (mut a, pa) = replica(1, b"k1k1k1k1k1k1k1k1");
+        // a found shard-0 in DNS and a's admin drained it before b started.
+        pa.update_members(|_| {
+            Some(Members::new(vec![Arc::new(Shard::new(
+                "shard-0",
+                1,
+                vec![addr],
+                false,
+            ))]))
+        });
+        let drain = AdminDrain {
+            drained: true,
+            at_ms: 7,
+            by: Arc::from("edge-a"),
+        };
+        pa.admin_drain("shard-0", drain);
+        pa.stick.insert("r", Arc::from("shard-0"), 1);
+        let (mut b, pb) = replica(2, b"k1k1k1k1k1k1k1k1");
+        let (ha, hb) = (
+            a.connected(1, true, [1; 16], 0),
+            b.connected(1, false, [2; 16], 0),
+        );
+        pump(&mut a, &mut b, 1, ha, hb);
+        let members = pb.members.load();
+        let learnt = members.get("shard-0").expect("learnt at the sync");
+        assert_eq!(**learnt.addrs(), [addr]);
+        assert_eq!(learnt.state_name(0), "draining (admin, via edge-a)");
+        assert_eq!(pb.stick.get("r").as_deref(), Some("shard-0"));
+        // b never tells a shard it only learnt.
+        assert!(pb.own_members().is_empty());
+
+        // A shard a discovers later is told before the first placement that names it.
+        let new: SocketAddr = "127.0.0.1:9002".parse().unwrap();
+        pa.update_members(|m| {
+            let mut shards = m.shards.clone();
+            shards.push(Arc::new(Shard::new("shard-1", 1, vec![new], false)));
+            Some(Members::new(shards))
+        });
+        let p = pa.stick.insert("s", Arc::from("shard-1"), 2);
+        a.placed("shards", "s", &p);
+        let out = a.flush();
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|x| match x {
+                Action::Send(_, Frame::Members { .. }) => "members",
+                Action::Send(_, Frame::Entries(_)) => "entries",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["members", "entries"]);
+        pump(&mut a, &mut b, 1, out, Vec::new());
+        assert_eq!(**pb.members.load().get("shard-1").unwrap().addrs(), [new]);
+        assert!(a.flush().is_empty() && a.tick(1).is_empty(), "told once");
+
+        // An undrain made at b reaches a.
+        let undrain = AdminDrain {
+            drained: false,
+            at_ms: 9,
+            by: Arc::from("edge-b"),
+        };
+        pb.admin_drain("shard-0", undrain.clone());
+        b.drained("shards", "shard-0", &undrain);
+        let out = b.flush();
+        pump(&mut a, &mut b, 1, Vec::new(), out);
+        assert_eq!(
+            pa.members.load().get("shard-0").unwrap().state_name(0),
+            "up"
+        );
     }
 
     #[test]

@@ -115,6 +115,8 @@ fn kind(f: &Frame) -> &'static str {
         Frame::Entries(_) => "entries",
         Frame::SyncDone => "sync-done",
         Frame::Ping => "ping",
+        Frame::Members { .. } => "members",
+        Frame::Drain(_) => "drain",
     }
 }
 

@@ -12,9 +12,7 @@ mod tunnel;
 pub mod upstream_tls;
 
 use crate::metrics::status_class;
-use crate::routing::{
-    find_instance, path_segment, rediscovery, room_key, Action, Choice, Pool, Shard,
-};
+use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
 use crate::runtime::Runtime;
 use crate::state::{InFlight, Shared};
 use async_trait::async_trait;
@@ -84,41 +82,6 @@ impl Edge {
         }
     }
 
-    /// A room another replica placed on a shard this one has not discovered yet: discovery
-    /// looks DNS up at once and the request waits for it (at most [`rediscovery::WAIT`]),
-    /// then follows the placement; if the shard is still unknown, the room is placed here.
-    async fn await_new_shard(&self, ctx: &Ctx) {
-        let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) else {
-            return;
-        };
-        // Only a placement from another replica (`[peers]`) can name a shard not discovered here.
-        if ctx.instance.is_some() || ctx.failed.is_some() || self.shared.peers.get().is_none() {
-            return;
-        }
-        let pool = &runtime.pools[pool];
-        let members = pool.members.load();
-        let Some(shard) = pool.undiscovered_shard(&members, room, crate::routing::unix_ms()) else {
-            return;
-        };
-        drop(members);
-        let found = pool
-            .rediscovery
-            .ask_and_wait(rediscovery::WAIT, || {
-                pool.members.load().index_of(&shard).is_some()
-            })
-            .await;
-        if !found {
-            pool.rediscovery
-                .not_found(shard.clone(), crate::routing::unix_ms());
-        }
-        debug!(pool = %pool.name, %shard, room, found, "waited for a shard another replica uses");
-        self.shared
-            .metrics
-            .rooms_awaited
-            .with_label_values(&[&*pool.name, if found { "found" } else { "not_found" }])
-            .inc();
-    }
-
     /// Hands a placement this replica just made to replication (`[peers]`), and, for a room
     /// already stuck, a refresh at most once per quarter of the table's idle time (so the
     /// other replicas keep rooms alive that only this one sees traffic for).
@@ -134,7 +97,7 @@ impl Edge {
             pool.stick.placement(room)
         };
         if let Some(placement) = placement {
-            let _ = peers.send(crate::peers::driver::Placed {
+            let _ = peers.send(crate::peers::driver::Update::Placed {
                 pool: pool.name.clone(),
                 room: Arc::from(room),
                 placement,
@@ -221,15 +184,24 @@ impl Edge {
         false
     }
 
-    /// Counts a tunnel as open and keeps its room's stick entry fresh while it is.
-    fn tunnel_opened(&self, ctx: &mut Ctx) {
+    /// Counts a tunnel as open and keeps its room's stick entry fresh while it is. A tunnel
+    /// driven here (`closable`) is closed through `ctx.close` if the room moves to another
+    /// shard; one pingora drives (an upgrade with a body) only keeps its room fresh.
+    fn tunnel_opened(&self, ctx: &mut Ctx, closable: bool) {
         if ctx.tunnel_open {
             return;
         }
         ctx.tunnel_open = true;
         self.shared.metrics.tunnels_open.inc();
-        if let (Some(runtime), Some(pool), Some(room)) = (&ctx.runtime, ctx.pool, &ctx.room) {
-            runtime.pools[pool].tunnel_opened(room);
+        if let (Some(runtime), Some(pool), Some(room), Some(shard)) =
+            (&ctx.runtime, ctx.pool, &ctx.room, &ctx.shard)
+        {
+            let close: Arc<dyn crate::routing::Closer> = match closable {
+                true => ctx.close.clone(),
+                false => Arc::new(tunnel::NotClosable),
+            };
+            let id = runtime.pools[pool].tunnel_opened(room, shard.name.clone(), close);
+            ctx.tunnel_id = Some(id);
         }
     }
 }
@@ -248,6 +220,10 @@ pub struct Ctx {
     connect_failures: u8,
     upgrade: bool,
     tunnel_open: bool,
+    /// The open tunnel's id in its pool's registry (room-keyed tunnels only).
+    tunnel_id: Option<u64>,
+    /// Wakes the tunnel's copy loop to end it: its room moved to another shard.
+    close: Arc<tunnel::Close>,
     upstream_start: Option<Instant>,
     /// Why no shard could take the request, for the 502/503 body.
     refusal: Option<String>,
@@ -310,6 +286,8 @@ impl ProxyHttp for Edge {
             connect_failures: 0,
             upgrade: false,
             tunnel_open: false,
+            tunnel_id: None,
+            close: Arc::default(),
             upstream_start: None,
             refusal: None,
             instance: None,
@@ -462,7 +440,6 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        self.await_new_shard(ctx).await;
         self.peer_for(ctx)
     }
 
@@ -499,7 +476,7 @@ impl ProxyHttp for Edge {
             cors::add_allow(resp, origin);
         }
         if ctx.upgrade && resp.status == 101 {
-            self.tunnel_opened(ctx);
+            self.tunnel_opened(ctx, false);
         }
         Ok(())
     }
@@ -562,8 +539,8 @@ impl ProxyHttp for Edge {
             .inc();
         if ctx.tunnel_open {
             m.tunnels_open.dec();
-            if let (Some(p), Some(room)) = (ctx.pool, &ctx.room) {
-                runtime.pools[p].tunnel_closed(room);
+            if let (Some(p), Some(room), Some(id)) = (ctx.pool, &ctx.room, ctx.tunnel_id) {
+                runtime.pools[p].tunnel_closed(room, id);
             }
         } else if let Some(start) = ctx.upstream_start {
             m.upstream_latency

@@ -5,7 +5,8 @@
 //! client is done" and ends a tunnel that just opened (pingora issue 946; about one tunnel in
 //! 2,000 on a loaded machine). Here the handshake is sequential: the request goes out, the
 //! response head comes back and is passed on, and only after a 101 are bytes copied both ways,
-//! until either side closes or the tunnel has been quiet for `timeouts.tunnel`. Connecting,
+//! until either side closes, the tunnel has been quiet for `timeouts.tunnel`, or its room moved
+//! to another shard ([`Close`]: the client reconnects to where the room is now). Connecting,
 //! TLS and HTTP/1 framing are still pingora's (its connector and client session).
 
 use super::{cors, prepare_upstream_request, Ctx, Edge};
@@ -20,6 +21,25 @@ enum Event {
     FromClient(Result<Option<Bytes>>),
     FromShard(Result<Option<Bytes>>),
     Quiet,
+    Moved,
+}
+
+/// A tunnel's way to be ended from outside: its room moved to another shard.
+#[derive(Default)]
+pub struct Close(tokio::sync::Notify);
+
+/// A tunnel pingora's proxy loop drives: nothing here can end it early.
+pub struct NotClosable;
+
+impl crate::routing::Closer for NotClosable {
+    fn close(&self) {}
+}
+
+impl crate::routing::Closer for Close {
+    fn close(&self) {
+        // A permit is kept if the loop is not waiting yet, so no close is lost.
+        self.0.notify_one();
+    }
 }
 
 impl Edge {
@@ -60,7 +80,7 @@ impl Edge {
                 )
                 .map_err(|e| e.into_up());
             }
-            self.tunnel_opened(ctx);
+            self.tunnel_opened(ctx, true);
             self.copy_both_ways(session, &mut shard, ctx).await;
         } else {
             // The shard refused the upgrade: pass its answer on as an ordinary response.
@@ -76,7 +96,6 @@ impl Edge {
     /// A fresh HTTP/1.1 connection to the chosen shard; a refusal marks the shard down and
     /// the next choice is tried once.
     async fn connect(&self, ctx: &mut Ctx) -> Result<ShardSession> {
-        self.await_new_shard(ctx).await;
         loop {
             let peer = self.peer_for(ctx)?;
             match self.tunnels.get_http_session(peer.as_ref()).await {
@@ -94,8 +113,8 @@ impl Edge {
         }
     }
 
-    /// Copies bytes between client and shard until either closes, fails, or both stay quiet
-    /// for `timeouts.tunnel`. Each end is closed by the caller.
+    /// Copies bytes between client and shard until either closes, fails, both stay quiet for
+    /// `timeouts.tunnel`, or the room moves to another shard. Each end is closed by the caller.
     async fn copy_both_ways(&self, session: &mut Session, shard: &mut ShardSession, ctx: &Ctx) {
         let quiet = ctx
             .runtime
@@ -114,6 +133,7 @@ impl Edge {
                 r = session.read_request_body() => Event::FromClient(r),
                 r = shard.read_body_bytes() => Event::FromShard(r),
                 _ = &mut idle => Event::Quiet,
+                _ = ctx.close.0.notified() => Event::Moved,
             };
             let written = match event {
                 Event::FromClient(Ok(Some(data))) => shard.write_body(&data).await.map(|_| ()),
@@ -127,6 +147,13 @@ impl Edge {
                 }
                 Event::Quiet => {
                     debug!(after = ?quiet, "tunnel closed after being quiet");
+                    break;
+                }
+                Event::Moved => {
+                    debug!(
+                        room = ctx.room.as_deref(),
+                        "tunnel closed: its room moved to another shard"
+                    );
                     break;
                 }
             };

@@ -2,9 +2,9 @@
 //! shard's live state (atomics: drained by the admin, passively marked down), and the two
 //! choices the proxy asks of it: the shard for a room, and any shard for a request without one.
 
-#[cfg(feature = "server")]
-use super::rediscovery::Rediscovery;
+use super::drains::{AdminDrain, AdminDrains};
 use super::sticky::{hrw_pick, name_seed, StickTable};
+use super::tunnels::{Closer, RoomTunnels};
 use crate::config::{Pool as PoolConfig, ShardSpec};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -29,6 +29,11 @@ pub struct Shard {
 /// (`now_ms` arguments), so decisions are testable without sleeping.
 pub struct ShardState {
     admin_drain: AtomicBool,
+    /// The replica whose admin API drained it (for the listing; `admin_drain` is the state).
+    admin_drain_by: Mutex<Option<Arc<str>>>,
+    /// Learnt from another replica (`[peers]`), not from this one's DNS: it serves the rooms
+    /// stuck to it, lingering, and is not told to other replicas.
+    from_peer: AtomicBool,
     down_until_ms: AtomicU64,
     /// When the shard vanished from DNS (0: it is listed). It lingers, draining, until its
     /// pool's `linger` has passed.
@@ -55,6 +60,8 @@ impl Default for ShardState {
     fn default() -> Self {
         ShardState {
             admin_drain: AtomicBool::new(false),
+            admin_drain_by: Mutex::new(None),
+            from_peer: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             vanished_at_ms: AtomicU64::new(0),
             next_addr: AtomicUsize::new(0),
@@ -203,8 +210,8 @@ impl Shard {
     }
 
     /// Why the shard is in its state, for the admin listing.
-    pub fn state_name(&self, now_ms: u64) -> &'static str {
-        if self.addrs.load().is_empty() {
+    pub fn state_name(&self, now_ms: u64) -> String {
+        let fixed = if self.addrs.load().is_empty() {
             "down (no address)"
         } else if self.is_health_down() {
             "down (health check)"
@@ -215,18 +222,47 @@ impl Shard {
         } else if self.config_drain {
             "draining (config)"
         } else if self.state.admin_drain.load(Ordering::Relaxed) {
-            "draining (admin)"
+            let by = self
+                .state
+                .admin_drain_by
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            return match by.as_deref() {
+                Some(by) => format!("draining (admin, via {by})"),
+                None => "draining (admin)".to_owned(),
+            };
+        } else if self.is_from_peer() {
+            "draining (known from another replica)"
         } else if self.is_lingering() {
             "draining (gone from DNS)"
         } else if self.agent_state() == AgentState::Drain {
             "draining (agent)"
         } else {
             "up"
-        }
+        };
+        fixed.to_owned()
     }
 
-    pub fn set_admin_drain(&self, drain: bool) {
-        self.state.admin_drain.store(drain, Ordering::Relaxed);
+    /// Drains the shard through the admin API of replica `by`, or undrains it (`None`).
+    pub fn set_admin_drain(&self, by: Option<Arc<str>>) {
+        self.state
+            .admin_drain
+            .store(by.is_some(), Ordering::Relaxed);
+        *self
+            .state
+            .admin_drain_by
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = by;
+    }
+
+    /// Learnt from another replica, not (yet) from this one's discovery.
+    pub fn is_from_peer(&self) -> bool {
+        self.state.from_peer.load(Ordering::Relaxed)
+    }
+
+    /// Marks the shard as learnt from another replica, or as found by this one's discovery.
+    pub fn set_from_peer(&self, from_peer: bool) {
+        self.state.from_peer.store(from_peer, Ordering::Relaxed);
     }
 
     /// Passive health: the shard refused a connection; leave it out until `until_ms`.
@@ -303,12 +339,18 @@ pub struct Pool {
     /// How URL segments name members, for instance pools.
     pub instance_id: Option<crate::config::InstanceId>,
     round_robin: AtomicUsize,
-    /// Rooms with open tunnels (room -> count); their stick entries are refreshed while they
-    /// live. Touched when a tunnel opens or closes, never per request.
-    open_tunnels: Mutex<HashMap<Arc<str>, u32>>,
-    /// A request's way to have discovery look DNS up at once.
-    #[cfg(feature = "server")]
-    pub rediscovery: Rediscovery,
+    /// Rooms with open tunnels; their stick entries are refreshed while they live, and the
+    /// tunnels closed when the room moves to another shard. Touched when a tunnel opens or
+    /// closes and when a room moves, never per request.
+    pub tunnels: RoomTunnels,
+    /// Drains and undrains made through the admin API (this replica's and the others').
+    pub drains: AdminDrains,
+    /// Members are named by DNS: another replica may know a shard this one does not (not yet,
+    /// or no longer), and may tell its addresses.
+    pub learns_members: bool,
+    /// Held while members are replaced (discovery, a shard learnt from another replica, a
+    /// drain), so that no writer's change is lost to another's.
+    members_write: Mutex<()>,
 }
 
 impl Pool {
@@ -331,9 +373,11 @@ impl Pool {
             health: c.health.clone(),
             instance_id: c.instances.as_ref().map(|i| i.id),
             round_robin: AtomicUsize::new(0),
-            open_tunnels: Mutex::new(HashMap::new()),
-            #[cfg(feature = "server")]
-            rediscovery: Rediscovery::default(),
+            tunnels: RoomTunnels::default(),
+            drains: AdminDrains::default(),
+            learns_members: c.shards.is_some()
+                && !matches!(c.members(), crate::config::MemberSource::List(_)),
+            members_write: Mutex::new(()),
         }
     }
 
@@ -366,17 +410,94 @@ impl Pool {
         let members = Members::new(shards);
         for (room, placement) in old.stick.entries() {
             if members.get(&placement.shard).is_some() {
-                self.stick
-                    .insert(&room, placement.shard, placement.placed_at_ms);
+                self.stick.restore(&room, placement);
+            }
+        }
+        for (shard, drain) in old.drains.all() {
+            self.drains.apply(&shard, drain);
+        }
+        self.update_members(|_| Some(members));
+        self
+    }
+
+    /// Replaces the members with what `next` makes of the current ones (`None`: no change).
+    /// New members get the admin drains already made for their names.
+    pub fn update_members(&self, next: impl FnOnce(&Members) -> Option<Members>) {
+        let _writing = self.members_write.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(members) = next(&self.members.load()) else {
+            return;
+        };
+        for shard in &members.shards {
+            if let Some(d) = self.drains.get(&shard.name) {
+                shard.set_admin_drain(d.drained.then_some(d.by));
             }
         }
         self.members.store(Arc::new(members));
-        self
+    }
+
+    /// Takes a drain or undrain of `shard` (made here or by another replica) if it is the
+    /// latest; returns whether it was. Applies to the shard now and when it is discovered later.
+    pub fn admin_drain(&self, shard: &str, drain: AdminDrain) -> bool {
+        let _writing = self.members_write.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.drains.apply(shard, drain.clone()) {
+            return false;
+        }
+        if let Some(s) = self.members.load().get(shard) {
+            s.set_admin_drain(drain.drained.then_some(drain.by));
+        }
+        true
+    }
+
+    /// Another replica's shard this one does not know (not discovered yet, or gone from DNS
+    /// before this replica started): it joins the members lingering, so the rooms stuck to it
+    /// reach it, and takes no new rooms. Only for pools whose members DNS names. Returns
+    /// whether it was added.
+    pub fn learn_member(&self, name: &str, addrs: Vec<SocketAddr>, now_ms: u64) -> bool {
+        if !self.learns_members || addrs.is_empty() {
+            return false;
+        }
+        let mut added = false;
+        self.update_members(|m| {
+            if m.get(name).is_some() {
+                return None;
+            }
+            let shard = Shard::new(name, 1, addrs, false);
+            shard.set_from_peer(true);
+            shard.set_vanished(Some(now_ms));
+            let mut shards = m.shards.clone();
+            shards.push(Arc::new(shard));
+            shards.sort_by(|a, b| a.name.cmp(&b.name));
+            added = true;
+            Some(Members::new(shards))
+        });
+        added
+    }
+
+    /// The members this replica found itself (its DNS or config), with their addresses: what
+    /// it tells the other replicas. Empty unless members are named by DNS.
+    pub fn own_members(&self) -> Vec<(Arc<str>, Vec<SocketAddr>)> {
+        if !self.learns_members {
+            return Vec::new();
+        }
+        self.members
+            .load()
+            .shards
+            .iter()
+            // What the peer protocol carries: names of up to 255 bytes, 255 addresses each.
+            .filter(|s| !s.is_from_peer() && !s.addrs().is_empty() && s.name.len() <= 255)
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.addrs().iter().take(255).copied().collect(),
+                )
+            })
+            .collect()
     }
 
     /// The shard for `room`: where it is stuck if that shard is up (draining or not), else the
     /// rendezvous choice among shards that are up, not draining and not in `exclude`, which is
-    /// then remembered as placed at `unix_ms`. `None` when no shard can take the room.
+    /// then remembered as placed at `unix_ms` (a move raises the room's generation, and closes
+    /// this replica's tunnels of the room to where it was). `None` when no shard can take it.
     pub fn choose_for_room(
         &self,
         members: &Members,
@@ -399,61 +520,39 @@ impl Pool {
             .collect();
         let uniform = candidates.windows(2).all(|w| w[0].2 == w[1].2);
         let i = hrw_pick(room, candidates.into_iter(), uniform)?;
-        self.stick
-            .insert(room, members.shards[i].name.clone(), unix_ms);
+        let shard = &members.shards[i].name;
+        self.stick.insert(room, shard.clone(), unix_ms);
         Some(match stuck {
-            Some(_) => Choice::Moved(i),
+            Some(_) => {
+                self.tunnels.close_except(room, shard);
+                Choice::Moved(i)
+            }
             None => Choice::New(i),
         })
-    }
-
-    /// The shard `room` is stuck on when this replica does not know it but may soon: another
-    /// replica placed the room there recently, and this one's discovery may not have seen the
-    /// shard yet (see [`Rediscovery`]).
-    #[cfg(feature = "server")]
-    pub fn undiscovered_shard(
-        &self,
-        members: &Members,
-        room: &str,
-        unix_ms: u64,
-    ) -> Option<Arc<str>> {
-        if !self.rediscovery.applies() {
-            return None;
-        }
-        let placement = self.stick.placement(room)?;
-        (members.index_of(&placement.shard).is_none()
-            && self
-                .rediscovery
-                .may_be_new(&placement.shard, placement.placed_at_ms, unix_ms))
-        .then_some(placement.shard)
     }
 
     pub fn stick_ttl(&self) -> Duration {
         self.stick_ttl
     }
 
-    pub fn tunnel_opened(&self, room: &str) {
-        let mut open = self.open_tunnels.lock().unwrap_or_else(|e| e.into_inner());
-        *open.entry(Arc::from(room)).or_insert(0) += 1;
+    /// A tunnel of `room` to `shard` opened; returns its id for [`Pool::tunnel_closed`]. If
+    /// the room moved elsewhere while the tunnel was being opened, it is closed at once.
+    pub fn tunnel_opened(&self, room: &str, shard: Arc<str>, closer: Arc<dyn Closer>) -> u64 {
+        let id = self.tunnels.opened(room, shard.clone(), closer.clone());
+        if self.stick.get(room).is_some_and(|now| now != shard) {
+            closer.close();
+        }
+        id
     }
 
-    pub fn tunnel_closed(&self, room: &str) {
-        let mut open = self.open_tunnels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(room) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(room);
-            }
-        }
+    pub fn tunnel_closed(&self, room: &str, id: u64) {
+        self.tunnels.closed(room, id);
     }
 
     /// Refreshes the stick entry of every room that has an open tunnel, so that a quiet
     /// WebSocket does not let its room be forgotten. Returns how many rooms were refreshed.
     pub fn refresh_open_tunnels(&self) -> usize {
-        let rooms: Vec<Arc<str>> = {
-            let open = self.open_tunnels.lock().unwrap_or_else(|e| e.into_inner());
-            open.keys().cloned().collect()
-        };
+        let rooms = self.tunnels.rooms();
         for room in &rooms {
             self.stick.get(room);
         }
@@ -525,7 +624,7 @@ mod tests {
             .iter()
             .map(|r| room_shard(&p, r, 0).unwrap())
             .collect();
-        p.members.load().shards[1].set_admin_drain(true);
+        p.members.load().shards[1].set_admin_drain(Some(Arc::from("admin")));
         for (r, b) in rooms.iter().zip(&before) {
             assert_eq!(&room_shard(&p, r, 0).unwrap(), b, "stuck rooms stay");
         }
@@ -562,16 +661,28 @@ mod tests {
         assert_eq!(back, after);
     }
 
+    #[derive(Default)]
+    struct Closes(AtomicUsize);
+
+    impl Closer for Closes {
+        fn close(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     #[test]
     fn open_tunnels_keep_their_rooms_remembered() {
         let mut p = pool(3);
         p.stick = StickTable::new(Duration::from_millis(300), 100);
         let m = p.members.load();
-        p.choose_for_room(&m, "busy", (0, 0), &[]);
+        let busy = m.shards[p.choose_for_room(&m, "busy", (0, 0), &[]).unwrap().index()]
+            .name
+            .clone();
         p.choose_for_room(&m, "quiet", (0, 0), &[]);
-        p.tunnel_opened("busy");
-        p.tunnel_opened("busy");
-        p.tunnel_closed("busy");
+        let closes = Arc::new(Closes::default());
+        let first = p.tunnel_opened("busy", busy.clone(), closes.clone());
+        let second = p.tunnel_opened("busy", busy, closes.clone());
+        p.tunnel_closed("busy", first);
         for _ in 0..8 {
             std::thread::sleep(Duration::from_millis(100));
             assert_eq!(p.refresh_open_tunnels(), 1);
@@ -584,8 +695,113 @@ mod tests {
             p.stick.get("quiet").is_none(),
             "a room without traffic is forgotten"
         );
-        p.tunnel_closed("busy");
+        p.tunnel_closed("busy", second);
         assert_eq!(p.refresh_open_tunnels(), 0);
+        assert_eq!(closes.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_move_closes_the_rooms_tunnels_to_the_shard_it_left() {
+        let p = pool(3);
+        let m = p.members.load();
+        let first = p.choose_for_room(&m, "r", (0, 0), &[]).unwrap().index();
+        let closes = Arc::new(Closes::default());
+        p.tunnel_opened("r", m.shards[first].name.clone(), closes.clone());
+        m.shards[first].mark_down(10_000);
+        let moved = p.choose_for_room(&m, "r", (5, 5), &[]).unwrap();
+        assert!(matches!(moved, Choice::Moved(i) if i != first));
+        assert_eq!(closes.0.load(Ordering::Relaxed), 1);
+        assert_eq!(p.stick.placement("r").unwrap().version, 2);
+        // A tunnel that opens to the old shard after the move is closed at once.
+        let late = Arc::new(Closes::default());
+        p.tunnel_opened("r", m.shards[first].name.clone(), late.clone());
+        assert_eq!(late.0.load(Ordering::Relaxed), 1);
+        let here = Arc::new(Closes::default());
+        p.tunnel_opened("r", m.shards[moved.index()].name.clone(), here.clone());
+        assert_eq!(here.0.load(Ordering::Relaxed), 0);
+    }
+
+    fn dns_pool() -> Pool {
+        Pool::from_config(&PoolConfig {
+            name: "p".into(),
+            shards: Some(Shards {
+                list: Vec::new(),
+                srv: Some("_http._tcp.web.test.".into()),
+                dns: None,
+            }),
+            instances: None,
+            sticky: Sticky::default(),
+            passive_down: Duration::from_secs(10),
+            linger: Duration::from_secs(600),
+            health: None,
+            agent: None,
+            tls: None,
+        })
+    }
+
+    #[test]
+    fn a_shard_learnt_from_a_peer_serves_its_rooms_and_takes_no_new_ones() {
+        let addr: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        assert!(
+            !pool(1).learn_member("x", vec![addr], 1),
+            "listed members only"
+        );
+        let p = dns_pool();
+        p.update_members(|_| {
+            Some(Members::new(vec![Arc::new(Shard::new(
+                "a",
+                1,
+                vec![addr],
+                false,
+            ))]))
+        });
+        assert!(p.learn_member("b", vec![addr], 1));
+        assert!(!p.learn_member("b", vec![addr], 2), "known already");
+        assert!(!p.learn_member("a", vec![addr], 2), "discovered here");
+        let m = p.members.load();
+        let b = m.get("b").unwrap();
+        assert!(b.is_draining() && b.is_from_peer());
+        assert_eq!(b.state_name(0), "draining (known from another replica)");
+        // Only what this replica found is told to others.
+        let own: Vec<_> = p.own_members().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(own, [Arc::<str>::from("a")]);
+        // A room another replica put on b goes there; new rooms do not.
+        p.stick.insert("r", Arc::from("b"), 1);
+        assert_eq!(
+            p.choose_for_room(&m, "r", (0, 0), &[]),
+            Some(Choice::Stuck(1))
+        );
+        assert_eq!(
+            p.choose_for_room(&m, "new", (0, 0), &[]),
+            Some(Choice::New(0))
+        );
+    }
+
+    #[test]
+    fn admin_drains_hold_for_shards_discovered_later_and_the_latest_stands() {
+        let p = dns_pool();
+        let drain = |drained, at_ms, by: &str| AdminDrain {
+            drained,
+            at_ms,
+            by: Arc::from(by),
+        };
+        assert!(p.admin_drain("later", drain(true, 10, "edge-b")));
+        let addr: SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        p.update_members(|_| {
+            Some(Members::new(vec![Arc::new(Shard::new(
+                "later",
+                1,
+                vec![addr],
+                false,
+            ))]))
+        });
+        let m = p.members.load();
+        assert_eq!(m.shards[0].state_name(0), "draining (admin, via edge-b)");
+        assert!(!p.admin_drain("later", drain(false, 5, "edge-a")), "older");
+        assert!(m.shards[0].is_draining());
+        assert!(p.admin_drain("later", drain(false, 20, "edge-a")));
+        assert!(!m.shards[0].is_draining());
+        assert_eq!(m.shards[0].state_name(0), "up");
     }
 
     #[test]
@@ -603,12 +819,12 @@ mod tests {
     fn any_prefers_non_draining_and_respects_exclude() {
         let p = pool(3);
         let m = p.members.load();
-        m.shards[0].set_admin_drain(true);
+        m.shards[0].set_admin_drain(Some(Arc::from("admin")));
         for _ in 0..30 {
             let i = p.choose_any(&m, 0, &[2]).unwrap();
             assert_eq!(i, 1);
         }
-        m.shards[1].set_admin_drain(true);
+        m.shards[1].set_admin_drain(Some(Arc::from("admin")));
         assert!(
             p.choose_any(&m, 0, &[2]).is_some(),
             "draining shards serve when nothing else can"

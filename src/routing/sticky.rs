@@ -65,36 +65,61 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Where a room lives, and since when (Unix milliseconds): replicas that placed one room on
-/// two shards at once keep the same one (see [`Placement::wins_over`]).
+/// Where a room lives: its shard, the room's generation there, and since when (Unix
+/// milliseconds). Every replica keeps, of the placements it hears of, the one that wins (see
+/// [`Placement::wins_over`]), so any order of delivery ends in the same table everywhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     pub shard: Arc<str>,
+    /// The room's generation: 1 when it is first placed, one more at each move (off a shard
+    /// that died, left or refused it). A move therefore wins over the placement it replaces,
+    /// on every replica, however late that placement's other copies arrive.
+    pub version: u32,
     pub placed_at_ms: u64,
     /// When this replica last told the others the room is alive (local; not compared).
     pub refreshed_at_ms: u64,
 }
 
 impl Placement {
+    /// A room's first placement, or its move from `previous` (the generation after it).
+    pub fn new(shard: Arc<str>, previous: Option<&Placement>, placed_at_ms: u64) -> Self {
+        Placement {
+            shard,
+            version: previous.map_or(1, |p| p.version.saturating_add(1)),
+            placed_at_ms,
+            refreshed_at_ms: placed_at_ms,
+        }
+    }
+
     /// Whether this placement of a room wins over `other`, the same way on every replica: the
-    /// earlier one (a room stays where it went first), and at the same millisecond the lower
-    /// shard name.
+    /// later generation (a move replaces what it moved from); within one generation the
+    /// earlier placement (the first of two replicas placing a room at once), and at the same
+    /// millisecond the lower shard name. A total order, so merging is commutative.
     pub fn wins_over(&self, other: &Placement) -> bool {
-        (self.placed_at_ms, &*self.shard) < (other.placed_at_ms, &*other.shard)
+        self.rank() < other.rank()
+    }
+
+    fn rank(&self) -> (std::cmp::Reverse<u32>, u64, &str) {
+        (
+            std::cmp::Reverse(self.version),
+            self.placed_at_ms,
+            &self.shard,
+        )
     }
 }
 
 /// What merging another replica's placement did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merged {
     /// The room was unknown here.
     New,
-    /// Same shard: the entry's idle timer restarted (and the earlier time kept).
-    Refreshed,
-    /// The other placement won: the room's requests go to its shard from now on.
-    Replaced,
-    /// This replica's placement won; the other replica replaces its own when it hears of it.
+    /// Ours won or is the same placement; its idle timer restarted.
     Kept,
+    /// The other placement won on the same shard (an older copy of it): nothing moves.
+    Refreshed,
+    /// The other placement won on another shard: the room's requests go there from now on,
+    /// and connections this replica opened to `from` for the room are on the losing shard.
+    Replaced { from: Arc<str> },
 }
 
 /// Room key -> placement, forgotten after `ttl` without traffic, bounded to `capacity`
@@ -129,16 +154,21 @@ impl StickTable {
         self.cache.get(room)
     }
 
-    /// Places `room` on `shard` now (`placed_at_ms`, Unix milliseconds).
-    pub fn insert(&self, room: &str, shard: Arc<str>, placed_at_ms: u64) {
-        self.cache.insert(
-            Arc::from(room),
-            Placement {
-                shard,
-                placed_at_ms,
-                refreshed_at_ms: placed_at_ms,
-            },
-        );
+    /// Places `room` on `shard` now (`placed_at_ms`, Unix milliseconds): its first placement,
+    /// or a move from where it is (the next generation). Returns the placement.
+    pub fn insert(&self, room: &str, shard: Arc<str>, placed_at_ms: u64) -> Placement {
+        self.cache
+            .entry(Arc::from(room))
+            .and_upsert_with(|previous| {
+                let previous = previous.map(|e| e.into_value());
+                Placement::new(shard, previous.as_ref(), placed_at_ms)
+            })
+            .into_value()
+    }
+
+    /// Keeps `placement` of `room` as it is (a reload carrying a table over).
+    pub fn restore(&self, room: &str, placement: Placement) {
+        self.cache.insert(Arc::from(room), placement);
     }
 
     /// `room`'s placement when it was last told to the others `every` or longer before
@@ -149,11 +179,15 @@ impl StickTable {
         if now_ms.saturating_sub(p.refreshed_at_ms) < every {
             return None;
         }
-        let told = Placement {
-            refreshed_at_ms: now_ms,
-            ..p
-        };
-        self.cache.insert(Arc::from(room), told.clone());
+        // Marked on the entry as it is now: a merge since the read above is kept.
+        let told = self
+            .cache
+            .entry(Arc::from(room))
+            .and_upsert_with(|current| Placement {
+                refreshed_at_ms: now_ms,
+                ..current.map_or(p, |e| e.into_value())
+            })
+            .into_value();
         Some(told)
     }
 
@@ -167,19 +201,20 @@ impl StickTable {
                 None => theirs,
                 Some(entry) => {
                     let ours = entry.into_value();
-                    if ours.shard == theirs.shard {
-                        merged = Merged::Refreshed;
-                        Placement {
-                            placed_at_ms: ours.placed_at_ms.min(theirs.placed_at_ms),
-                            shard: ours.shard,
-                            refreshed_at_ms: ours.refreshed_at_ms,
-                        }
-                    } else if theirs.wins_over(&ours) {
-                        merged = Merged::Replaced;
-                        theirs
-                    } else {
+                    if !theirs.wins_over(&ours) {
                         merged = Merged::Kept;
-                        ours
+                        return ours;
+                    }
+                    merged = if ours.shard == theirs.shard {
+                        Merged::Refreshed
+                    } else {
+                        Merged::Replaced {
+                            from: ours.shard.clone(),
+                        }
+                    };
+                    Placement {
+                        refreshed_at_ms: ours.refreshed_at_ms,
+                        ..theirs
                     }
                 }
             });
@@ -345,13 +380,17 @@ mod tests {
         assert_eq!(t.rooms_per_shard()[&Arc::<str>::from("shard-0")], 2);
     }
 
-    #[test]
-    fn merging_keeps_the_first_placement_everywhere() {
-        let at = |shard: &str, ms: u64| Placement {
+    fn at(shard: &str, version: u32, ms: u64) -> Placement {
+        Placement {
             shard: Arc::from(shard),
+            version,
             placed_at_ms: ms,
             refreshed_at_ms: ms,
-        };
+        }
+    }
+
+    #[test]
+    fn merging_keeps_the_first_placement_of_the_latest_generation() {
         let (x, y) = (
             StickTable::new(Duration::from_secs(60), 100),
             StickTable::new(Duration::from_secs(60), 100),
@@ -360,16 +399,105 @@ mod tests {
         // other's placement: both end on the same one.
         x.insert("r", Arc::from("shard-b"), 1_000);
         y.insert("r", Arc::from("shard-a"), 1_000);
-        assert_eq!(x.merge("r", y.placement("r").unwrap()), Merged::Replaced);
-        assert_eq!(y.merge("r", at("shard-b", 1_000)), Merged::Kept);
+        assert_eq!(
+            x.merge("r", y.placement("r").unwrap()),
+            Merged::Replaced {
+                from: Arc::from("shard-b")
+            }
+        );
+        assert_eq!(y.merge("r", at("shard-b", 1, 1_000)), Merged::Kept);
         assert_eq!(x.get("r"), y.get("r"));
         assert_eq!(x.get("r").as_deref(), Some("shard-a"));
-        // A later placement elsewhere (a replica that never saw the room) loses.
-        assert_eq!(x.merge("r", at("shard-new", 5_000)), Merged::Kept);
-        assert_eq!(x.merge("r", at("shard-a", 3_000)), Merged::Refreshed);
-        assert_eq!(x.placement("r").unwrap().placed_at_ms, 1_000);
-        assert_eq!(x.merge("s", at("shard-new", 5_000)), Merged::New);
+        // A later placement elsewhere in the same generation (a replica that never saw the
+        // room) loses; an older copy of the same placement changes nothing.
+        assert_eq!(x.merge("r", at("shard-new", 1, 5_000)), Merged::Kept);
+        assert_eq!(x.merge("r", at("shard-a", 1, 3_000)), Merged::Kept);
+        assert_eq!(x.merge("r", at("shard-a", 1, 500)), Merged::Refreshed);
+        assert_eq!(x.placement("r").unwrap().placed_at_ms, 500);
+        assert_eq!(x.merge("s", at("shard-new", 1, 5_000)), Merged::New);
         assert_eq!(x.get("s").as_deref(), Some("shard-new"));
+    }
+
+    #[test]
+    fn a_move_replaces_the_placement_it_moved_from_everywhere() {
+        // The issue's reproduction: x moves "r" off a dead shard-0; y, which still has the
+        // first placement (earlier), takes the move and does not keep the dead shard.
+        let (x, y) = (
+            StickTable::new(Duration::from_secs(60), 100),
+            StickTable::new(Duration::from_secs(60), 100),
+        );
+        let first = x.insert("r", Arc::from("shard-0"), 1_000);
+        assert_eq!(first.version, 1);
+        assert_eq!(y.merge("r", first.clone()), Merged::New);
+        let moved = x.insert("r", Arc::from("shard-2"), 9_000);
+        assert_eq!((moved.version, &*moved.shard), (2, "shard-2"));
+        assert_eq!(
+            y.merge("r", moved),
+            Merged::Replaced {
+                from: Arc::from("shard-0")
+            }
+        );
+        assert_eq!(y.get("r").as_deref(), Some("shard-2"));
+        // The first placement, told again late (a refresh from a replica that had not heard
+        // of the move), no longer wins.
+        assert_eq!(y.merge("r", first), Merged::Kept);
+        assert_eq!(y.get("r").as_deref(), Some("shard-2"));
+    }
+
+    /// The rule this replaced (the earliest placement wins, whatever moved since): the same
+    /// move is dropped, so replicas keep the dead shard's entry and each re-places the room
+    /// by its own view. Kept here so the tests above show what the version changes.
+    fn old_rule_wins(a: &Placement, b: &Placement) -> bool {
+        (a.placed_at_ms, &*a.shard) < (b.placed_at_ms, &*b.shard)
+    }
+
+    #[test]
+    fn the_old_rule_kept_the_dead_shard() {
+        let first = at("shard-0", 1, 1_000);
+        let moved = at("shard-2", 2, 9_000);
+        assert!(old_rule_wins(&first, &moved), "the old rule drops the move");
+        assert!(moved.wins_over(&first), "the generation makes it win");
+    }
+
+    proptest! {
+        /// Any order of delivering the same placements (including duplicates) leaves the same
+        /// placement on every replica, whichever placements it made itself.
+        #[test]
+        fn merging_is_independent_of_delivery_order(
+            placements in proptest::collection::vec((0usize..4, 1u32..4, 0u64..5), 1..12),
+            orders in proptest::collection::vec(any::<u64>(), 3),
+        ) {
+            let all: Vec<Placement> = placements
+                .iter()
+                .map(|(s, v, t)| at(&format!("shard-{s}"), *v, 1_000 + t))
+                .collect();
+            let best = all
+                .iter()
+                .fold(None::<&Placement>, |b, p| match b {
+                    Some(b) if !p.wins_over(b) => Some(b),
+                    _ => Some(p),
+                })
+                .unwrap();
+            for seed in orders {
+                let t = StickTable::new(Duration::from_secs(60), 100);
+                let mut order: Vec<usize> = (0..all.len()).collect();
+                let mut x = seed | 1;
+                for i in (1..order.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    order.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                for i in order {
+                    t.merge("r", all[i].clone());
+                }
+                let got = t.placement("r").unwrap();
+                prop_assert_eq!(
+                    (&got.shard, got.version, got.placed_at_ms),
+                    (&best.shard, best.version, best.placed_at_ms)
+                );
+            }
+        }
     }
 
     #[test]
