@@ -192,7 +192,7 @@ impl BackgroundService for Housekeeping {
                 _ = shutdown.changed() => return,
             }
             for p in &runtime.pools {
-                p.refresh_open_tunnels();
+                p.refresh_open_rooms();
             }
         }
     }

@@ -865,3 +865,101 @@ async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() 
         t.abort();
     }
 }
+
+/// The same with requests the shards hold (BOSH long-polls, here answered after 4 s): the ones
+/// a losing placement sent to the losing shard are ended at once (the client's connection is
+/// closed, as a restart of that shard would), so no participant is answered by the shard the
+/// room left; the rest are answered by the room's shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_on_the_losing_shard_are_ended_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const JOINS: usize = 60;
+    let dns = DnsServer::start().await;
+    let b0 = Backend::start("shard-0").await;
+    let b1 = Backend::start("shard-1").await;
+    publish_shards(&dns, 1, &[&b0]);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let replicas = [
+        dns_replica(ports[0], &ports, &dns, "200ms"),
+        dns_replica(ports[1], &ports, &dns, "60s"),
+        dns_replica(ports[2], &ports, &dns, "60s"),
+    ];
+    for r in &replicas {
+        wait_for_members(r, 1, 1).await;
+    }
+    publish_shards(&dns, 1, &[&b0, &b1]);
+    for r in &replicas {
+        wait_for_members(r, 2, 2).await;
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(JOINS * 3 + 1));
+    let mut tasks = Vec::new();
+    for room in 0..JOINS {
+        for r in &replicas {
+            let (addr, start) = (r.http, start.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                start.wait().await;
+                tokio::time::sleep(Duration::from_millis(20 * room as u64)).await;
+                let began = std::time::Instant::now();
+                let req =
+                    format!("GET /hold?room=held-{room}&ms=4000 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n");
+                tcp.write_all(req.as_bytes()).await.unwrap();
+                let mut answer = Vec::new();
+                let _ = tcp.read_to_end(&mut answer).await;
+                let answer = String::from_utf8_lossy(&answer).to_string();
+                // The shard's name ends the body of a full answer.
+                let shard = answer.contains(" 200 ").then(|| {
+                    answer
+                        .trim_end()
+                        .rsplit('\n')
+                        .next()
+                        .unwrap_or("")
+                        .to_owned()
+                });
+                (room, shard, began.elapsed())
+            }));
+        }
+    }
+    start.wait().await;
+    let mut answered: HashMap<usize, HashSet<String>> = HashMap::new();
+    let mut ended = 0;
+    for t in tasks {
+        let (room, shard, took) = t.await.unwrap();
+        match shard {
+            Some(s) => {
+                answered.entry(room).or_default().insert(s);
+            }
+            None => {
+                assert!(
+                    took < Duration::from_secs(2),
+                    "held-{room} ended after {took:?}"
+                );
+                ended += 1;
+            }
+        }
+    }
+    // Every room's answers came from one shard, the one every replica routes it to now.
+    let c = client();
+    for room in 0..JOINS {
+        let mut now = HashSet::new();
+        for r in &replicas {
+            now.insert(
+                get(&c, &r.url(&format!("/http-bind?room=held-{room}")))
+                    .await
+                    .1,
+            );
+        }
+        assert_eq!(now.len(), 1, "held-{room}: {now:?}");
+        let shard = now.into_iter().next().unwrap().trim().to_owned();
+        let got = answered.get(&room).cloned().unwrap_or_default();
+        assert!(
+            got.iter().all(|s| *s == shard),
+            "held-{room}: {got:?}, now {shard}"
+        );
+    }
+    println!(
+        "{ended} of {} held requests were on a losing shard and ended at once",
+        JOINS * 3
+    );
+    assert!(ended > 0, "no request was sent to a losing shard");
+}

@@ -461,7 +461,7 @@ impl Replicator {
         let shard = theirs.shard.clone();
         if let Merged::Replaced { .. } = pool.stick.merge(&e.room, theirs) {
             self.totals.replaced += 1;
-            if pool.tunnels.close_except(&e.room, &shard) > 0 {
+            if pool.conns.close_except(&e.room, &shard) > 0 {
                 self.totals.rooms_reconnected += 1;
             }
         }
@@ -728,7 +728,7 @@ pub(crate) mod tests {
         pb.stick.insert("r", Arc::from("shard-b"), 500);
         b.placed("shards", "r", &pb.stick.placement("r").unwrap());
         let closes = Arc::new(Closes::default());
-        pb.tunnel_opened("r", Arc::from("shard-b"), closes.clone());
+        pb.conn_opened("r", Arc::from("shard-b"), closes.clone());
         let (fa, fb) = (a.flush(), b.flush());
         pump(&mut a, &mut b, 1, fa, fb);
         assert_eq!(pb.stick.get("r").as_deref(), Some("shard-a"));

@@ -8,6 +8,7 @@
 
 pub mod cors;
 pub mod headers;
+mod held;
 mod tunnel;
 pub mod upstream_tls;
 
@@ -184,24 +185,37 @@ impl Edge {
         false
     }
 
-    /// Counts a tunnel as open and keeps its room's stick entry fresh while it is. A tunnel
-    /// driven here (`closable`) is closed through `ctx.close` if the room moves to another
-    /// shard; one pingora drives (an upgrade with a body) only keeps its room fresh.
-    fn tunnel_opened(&self, ctx: &mut Ctx, closable: bool) {
+    /// Counts a tunnel as open. One driven here is registered with its room (kept fresh, and
+    /// closed through `ctx.close` if the room moves to another shard); one pingora drives (an
+    /// upgrade with a body) is registered already, as a request its shard holds.
+    fn tunnel_opened(&self, ctx: &mut Ctx) {
         if ctx.tunnel_open {
             return;
         }
         ctx.tunnel_open = true;
         self.shared.metrics.tunnels_open.inc();
+        if ctx.held.is_none() {
+            let close = ctx.close.clone();
+            self.register(ctx, close);
+        }
+    }
+
+    /// Registers this request's connection to its shard with its room (if it has one), in
+    /// place of an earlier one (a retry on another shard).
+    fn register(&self, ctx: &mut Ctx, closer: Arc<dyn crate::routing::Closer>) {
+        self.unregister(ctx);
         if let (Some(runtime), Some(pool), Some(room), Some(shard)) =
             (&ctx.runtime, ctx.pool, &ctx.room, &ctx.shard)
         {
-            let close: Arc<dyn crate::routing::Closer> = match closable {
-                true => ctx.close.clone(),
-                false => Arc::new(tunnel::NotClosable),
-            };
-            let id = runtime.pools[pool].tunnel_opened(room, shard.name.clone(), close);
-            ctx.tunnel_id = Some(id);
+            ctx.conn = Some(runtime.pools[pool].conn_opened(room, shard.name.clone(), closer));
+        }
+    }
+
+    fn unregister(&self, ctx: &mut Ctx) {
+        if let (Some(runtime), Some(pool), Some(room), Some(id)) =
+            (&ctx.runtime, ctx.pool, &ctx.room, ctx.conn.take())
+        {
+            runtime.pools[pool].conn_closed(room, id);
         }
     }
 }
@@ -220,10 +234,12 @@ pub struct Ctx {
     connect_failures: u8,
     upgrade: bool,
     tunnel_open: bool,
-    /// The open tunnel's id in its pool's registry (room-keyed tunnels only).
-    tunnel_id: Option<u64>,
+    /// This request's connection to its shard in the room's registry (rooms only).
+    conn: Option<u64>,
     /// Wakes the tunnel's copy loop to end it: its room moved to another shard.
     close: Arc<tunnel::Close>,
+    /// This request, proxied by pingora, as its room's registry knows it.
+    held: Option<Arc<held::HeldRequest>>,
     upstream_start: Option<Instant>,
     /// Why no shard could take the request, for the 502/503 body.
     refusal: Option<String>,
@@ -286,8 +302,9 @@ impl ProxyHttp for Edge {
             connect_failures: 0,
             upgrade: false,
             tunnel_open: false,
-            tunnel_id: None,
+            conn: None,
             close: Arc::default(),
+            held: None,
             upstream_start: None,
             refusal: None,
             instance: None,
@@ -439,8 +456,17 @@ impl ProxyHttp for Edge {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        self.peer_for(ctx)
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let peer = self.peer_for(ctx)?;
+        if ctx.room.is_some() {
+            if ctx.held.is_none() {
+                ctx.held = held::HeldRequest::of(session).map(Arc::new);
+            }
+            if let Some(held) = ctx.held.clone() {
+                self.register(ctx, held);
+            }
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(
@@ -476,7 +502,7 @@ impl ProxyHttp for Edge {
             cors::add_allow(resp, origin);
         }
         if ctx.upgrade && resp.status == 101 {
-            self.tunnel_opened(ctx, false);
+            self.tunnel_opened(ctx);
         }
         Ok(())
     }
@@ -528,6 +554,11 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        // Before the client's connection can close (see `held`).
+        if let Some(held) = &ctx.held {
+            held.finish();
+        }
+        self.unregister(ctx);
         let status = session.response_written().map(|r| r.status.as_u16());
         let Some(runtime) = &ctx.runtime else { return };
         let route = ctx.route.map_or("-", |r| &runtime.routes.routes[r].label);
@@ -539,9 +570,6 @@ impl ProxyHttp for Edge {
             .inc();
         if ctx.tunnel_open {
             m.tunnels_open.dec();
-            if let (Some(p), Some(room), Some(id)) = (ctx.pool, &ctx.room, ctx.tunnel_id) {
-                runtime.pools[p].tunnel_closed(room, id);
-            }
         } else if let Some(start) = ctx.upstream_start {
             m.upstream_latency
                 .with_label_values(&[pool])

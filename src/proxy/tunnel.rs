@@ -28,13 +28,6 @@ enum Event {
 #[derive(Default)]
 pub struct Close(tokio::sync::Notify);
 
-/// A tunnel pingora's proxy loop drives: nothing here can end it early.
-pub struct NotClosable;
-
-impl crate::routing::Closer for NotClosable {
-    fn close(&self) {}
-}
-
 impl crate::routing::Closer for Close {
     fn close(&self) {
         // A permit is kept if the loop is not waiting yet, so no close is lost.
@@ -80,7 +73,7 @@ impl Edge {
                 )
                 .map_err(|e| e.into_up());
             }
-            self.tunnel_opened(ctx, true);
+            self.tunnel_opened(ctx);
             self.copy_both_ways(session, &mut shard, ctx).await;
         } else {
             // The shard refused the upgrade: pass its answer on as an ordinary response.

@@ -3,18 +3,18 @@
 //! Pure functions and lock-free state (atomics, a concurrent cache); no sockets. The proxy
 //! loads one [`crate::runtime::Runtime`] snapshot per request and asks these functions.
 
+pub mod conns;
 pub mod drains;
 pub mod instance;
 pub mod pool;
 pub mod room;
 pub mod route;
 pub mod sticky;
-pub mod tunnels;
 
+pub use conns::Closer;
 pub use drains::AdminDrain;
 pub use instance::{find_instance, path_segment};
 pub use pool::{AgentState, Choice, Members, Pool, Shard, ShardState};
 pub use room::room_key;
 pub use route::{Action, CompiledRoute, RouteTable};
 pub use sticky::{hrw_pick, name_seed, unix_ms, Merged, Placement, StickTable};
-pub use tunnels::Closer;

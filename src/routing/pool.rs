@@ -2,9 +2,9 @@
 //! shard's live state (atomics: drained by the admin, passively marked down), and the two
 //! choices the proxy asks of it: the shard for a room, and any shard for a request without one.
 
+use super::conns::{Closer, RoomConns};
 use super::drains::{AdminDrain, AdminDrains};
 use super::sticky::{hrw_pick, name_seed, StickTable};
-use super::tunnels::{Closer, RoomTunnels};
 use crate::config::{Pool as PoolConfig, ShardSpec};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -339,10 +339,10 @@ pub struct Pool {
     /// How URL segments name members, for instance pools.
     pub instance_id: Option<crate::config::InstanceId>,
     round_robin: AtomicUsize,
-    /// Rooms with open tunnels; their stick entries are refreshed while they live, and the
-    /// tunnels closed when the room moves to another shard. Touched when a tunnel opens or
-    /// closes and when a room moves, never per request.
-    pub tunnels: RoomTunnels,
+    /// Rooms' open connections (tunnels, requests the shard may hold); their stick entries are
+    /// refreshed while they live, and they are closed when the room moves to another shard.
+    /// Touched when one opens or closes (a lock of one of its parts) and when a room moves.
+    pub conns: RoomConns,
     /// Drains and undrains made through the admin API (this replica's and the others').
     pub drains: AdminDrains,
     /// Members are named by DNS: another replica may know a shard this one does not (not yet,
@@ -373,7 +373,7 @@ impl Pool {
             health: c.health.clone(),
             instance_id: c.instances.as_ref().map(|i| i.id),
             round_robin: AtomicUsize::new(0),
-            tunnels: RoomTunnels::default(),
+            conns: RoomConns::default(),
             drains: AdminDrains::default(),
             learns_members: c.shards.is_some()
                 && !matches!(c.members(), crate::config::MemberSource::List(_)),
@@ -497,7 +497,8 @@ impl Pool {
     /// The shard for `room`: where it is stuck if that shard is up (draining or not), else the
     /// rendezvous choice among shards that are up, not draining and not in `exclude`, which is
     /// then remembered as placed at `unix_ms` (a move raises the room's generation, and closes
-    /// this replica's tunnels of the room to where it was). `None` when no shard can take it.
+    /// this replica's connections of the room to where it was). `None` when no shard can take
+    /// it.
     pub fn choose_for_room(
         &self,
         members: &Members,
@@ -524,7 +525,7 @@ impl Pool {
         self.stick.insert(room, shard.clone(), unix_ms);
         Some(match stuck {
             Some(_) => {
-                self.tunnels.close_except(room, shard);
+                self.conns.close_except(room, shard);
                 Choice::Moved(i)
             }
             None => Choice::New(i),
@@ -535,24 +536,25 @@ impl Pool {
         self.stick_ttl
     }
 
-    /// A tunnel of `room` to `shard` opened; returns its id for [`Pool::tunnel_closed`]. If
-    /// the room moved elsewhere while the tunnel was being opened, it is closed at once.
-    pub fn tunnel_opened(&self, room: &str, shard: Arc<str>, closer: Arc<dyn Closer>) -> u64 {
-        let id = self.tunnels.opened(room, shard.clone(), closer.clone());
+    /// A connection of `room` to `shard` opened (a tunnel, a request the shard may hold);
+    /// returns its id for [`Pool::conn_closed`]. If the room moved elsewhere while it was being
+    /// opened, it is closed at once.
+    pub fn conn_opened(&self, room: &str, shard: Arc<str>, closer: Arc<dyn Closer>) -> u64 {
+        let id = self.conns.opened(room, shard.clone(), closer.clone());
         if self.stick.get(room).is_some_and(|now| now != shard) {
             closer.close();
         }
         id
     }
 
-    pub fn tunnel_closed(&self, room: &str, id: u64) {
-        self.tunnels.closed(room, id);
+    pub fn conn_closed(&self, room: &str, id: u64) {
+        self.conns.closed(room, id);
     }
 
-    /// Refreshes the stick entry of every room that has an open tunnel, so that a quiet
+    /// Refreshes the stick entry of every room that has an open connection, so that a quiet
     /// WebSocket does not let its room be forgotten. Returns how many rooms were refreshed.
-    pub fn refresh_open_tunnels(&self) -> usize {
-        let rooms = self.tunnels.rooms();
+    pub fn refresh_open_rooms(&self) -> usize {
+        let rooms = self.conns.rooms();
         for room in &rooms {
             self.stick.get(room);
         }
@@ -680,12 +682,12 @@ mod tests {
             .clone();
         p.choose_for_room(&m, "quiet", (0, 0), &[]);
         let closes = Arc::new(Closes::default());
-        let first = p.tunnel_opened("busy", busy.clone(), closes.clone());
-        let second = p.tunnel_opened("busy", busy, closes.clone());
-        p.tunnel_closed("busy", first);
+        let first = p.conn_opened("busy", busy.clone(), closes.clone());
+        let second = p.conn_opened("busy", busy, closes.clone());
+        p.conn_closed("busy", first);
         for _ in 0..8 {
             std::thread::sleep(Duration::from_millis(100));
-            assert_eq!(p.refresh_open_tunnels(), 1);
+            assert_eq!(p.refresh_open_rooms(), 1);
         }
         assert!(
             p.stick.get("busy").is_some(),
@@ -695,8 +697,8 @@ mod tests {
             p.stick.get("quiet").is_none(),
             "a room without traffic is forgotten"
         );
-        p.tunnel_closed("busy", second);
-        assert_eq!(p.refresh_open_tunnels(), 0);
+        p.conn_closed("busy", second);
+        assert_eq!(p.refresh_open_rooms(), 0);
         assert_eq!(closes.0.load(Ordering::Relaxed), 0);
     }
 
@@ -706,7 +708,7 @@ mod tests {
         let m = p.members.load();
         let first = p.choose_for_room(&m, "r", (0, 0), &[]).unwrap().index();
         let closes = Arc::new(Closes::default());
-        p.tunnel_opened("r", m.shards[first].name.clone(), closes.clone());
+        p.conn_opened("r", m.shards[first].name.clone(), closes.clone());
         m.shards[first].mark_down(10_000);
         let moved = p.choose_for_room(&m, "r", (5, 5), &[]).unwrap();
         assert!(matches!(moved, Choice::Moved(i) if i != first));
@@ -714,10 +716,10 @@ mod tests {
         assert_eq!(p.stick.placement("r").unwrap().version, 2);
         // A tunnel that opens to the old shard after the move is closed at once.
         let late = Arc::new(Closes::default());
-        p.tunnel_opened("r", m.shards[first].name.clone(), late.clone());
+        p.conn_opened("r", m.shards[first].name.clone(), late.clone());
         assert_eq!(late.0.load(Ordering::Relaxed), 1);
         let here = Arc::new(Closes::default());
-        p.tunnel_opened("r", m.shards[moved.index()].name.clone(), here.clone());
+        p.conn_opened("r", m.shards[moved.index()].name.clone(), here.clone());
         assert_eq!(here.0.load(Ordering::Relaxed), 0);
     }
 

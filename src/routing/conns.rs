@@ -1,20 +1,27 @@
-//! Each room's open tunnels, and closing the ones on a shard the room left.
+//! Each room's open connections to its shard (WebSocket tunnels, requests the shard holds such
+//! as BOSH long-polls), and closing the ones on a shard the room left.
 //!
-//! A room's stick entry stays fresh while it has an open tunnel. When the room's placement
+//! A room's stick entry stays fresh while it has an open connection. When the room's placement
 //! moves to another shard (a concurrent placement lost to another replica's, a move off a
-//! shard that died or refused), the tunnels this replica still holds to the old shard are
+//! shard that died or refused), the connections this replica still holds to the old shard are
 //! closed, the way a restart of that shard would close them, so their clients reconnect and
 //! join the room where it is now. Bookkeeping only: what closing means is the proxy's
-//! [`Closer`].
+//! [`Closer`]. Split into independently locked parts by room, so requests of different rooms
+//! rarely meet on a lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use xxhash_rust::xxh3::xxh3_64;
 
-/// Ends one open tunnel (it must not block: it wakes the tunnel's task).
+/// Ends one open connection (it must not block: it wakes the connection's task or shuts its
+/// socket down).
 pub trait Closer: Send + Sync {
     fn close(&self);
 }
+
+/// Independently locked parts of the registry.
+const PARTS: usize = 32;
 
 struct Open {
     id: u64,
@@ -22,17 +29,32 @@ struct Open {
     closer: Arc<dyn Closer>,
 }
 
-#[derive(Default)]
-pub struct RoomTunnels {
-    rooms: Mutex<HashMap<Arc<str>, Vec<Open>>>,
+type Part = Mutex<HashMap<Arc<str>, Vec<Open>>>;
+
+pub struct RoomConns {
+    parts: [Part; PARTS],
     next_id: AtomicU64,
 }
 
-impl RoomTunnels {
-    /// A tunnel of `room` to `shard` opened; returns its id for [`RoomTunnels::closed`].
+impl Default for RoomConns {
+    fn default() -> Self {
+        RoomConns {
+            parts: std::array::from_fn(|_| Mutex::default()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RoomConns {
+    fn part(&self, room: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Vec<Open>>> {
+        let part = &self.parts[(xxh3_64(room.as_bytes()) % PARTS as u64) as usize];
+        part.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection of `room` to `shard` opened; returns its id for [`RoomConns::closed`].
     pub fn opened(&self, room: &str, shard: Arc<str>, closer: Arc<dyn Closer>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.part(room);
         rooms
             .entry(Arc::from(room))
             .or_default()
@@ -40,9 +62,9 @@ impl RoomTunnels {
         id
     }
 
-    /// The tunnel `id` of `room` ended.
+    /// The connection `id` of `room` ended.
     pub fn closed(&self, room: &str, id: u64) {
-        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self.part(room);
         if let Some(open) = rooms.get_mut(room) {
             open.retain(|t| t.id != id);
             if open.is_empty() {
@@ -51,16 +73,20 @@ impl RoomTunnels {
         }
     }
 
-    /// Rooms with at least one open tunnel.
+    /// Rooms with at least one open connection.
     pub fn rooms(&self) -> Vec<Arc<str>> {
-        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms.keys().cloned().collect()
+        let mut all = Vec::new();
+        for part in &self.parts {
+            let rooms = part.lock().unwrap_or_else(|e| e.into_inner());
+            all.extend(rooms.keys().cloned());
+        }
+        all
     }
 
-    /// Closes `room`'s tunnels to any shard but `shard`; returns how many were closed.
+    /// Closes `room`'s connections to any shard but `shard`; returns how many were closed.
     pub fn close_except(&self, room: &str, shard: &str) -> usize {
         let closers: Vec<Arc<dyn Closer>> = {
-            let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            let rooms = self.part(room);
             rooms.get(room).map_or_else(Vec::new, |open| {
                 open.iter()
                     .filter(|t| &*t.shard != shard)
@@ -91,7 +117,7 @@ mod tests {
 
     #[test]
     fn only_tunnels_on_the_shard_the_room_left_are_closed() {
-        let t = RoomTunnels::default();
+        let t = RoomConns::default();
         let (old, new, other) = (
             Arc::new(Count::default()),
             Arc::new(Count::default()),
