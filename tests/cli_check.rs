@@ -319,3 +319,52 @@ fn tls_files_are_checked_including_each_sni_certificate() {
         out.stderr
     );
 }
+
+#[test]
+fn peers_addresses_are_checked_like_every_other_section() {
+    // `run` refuses these at start; `check` must say so first, each located.
+    let dir = tempfile::tempdir().unwrap();
+    let head = "[[listener]]\naddr = \"127.0.0.1:18080\"\n\n";
+    let list = write(
+        dir.path(),
+        "list.toml",
+        &format!(
+            "{head}[peers]\nlisten = \"127.0.0.1:7946\"\n\
+             list = [\"127.0.0.1:7946\", \"not an address\"]\nsecret = \"0123456789abcdef-x\"\n"
+        ),
+    );
+    let out = check(&[&list], &[], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let errors = errors_in(&out.stderr, &list);
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("peers.list[1]: \"not an address\""),
+        "{}",
+        out.stderr
+    );
+    let dns = write(
+        dir.path(),
+        "dns.toml",
+        &format!(
+            "{head}[peers]\nlisten = \"127.0.0.1:7946\"\ndns = \"edge.svc\"\n\
+             secret = \"0123456789abcdef-x\"\nname = \"\"\n"
+        ),
+    );
+    let out = check(&[&dns], &[], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let errors = errors_in(&out.stderr, &dns);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("peers.dns: \"edge.svc\": expected <name>:<port>")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("peers.name: expected 1 to 255 bytes")),
+        "{}",
+        out.stderr
+    );
+}
