@@ -457,6 +457,9 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // A retry: this request no longer waits on the shard that refused it (the room's move
+        // off that shard must not close the request itself).
+        self.unregister(ctx);
         let peer = self.peer_for(ctx)?;
         if ctx.room.is_some() {
             if ctx.held.is_none() {
