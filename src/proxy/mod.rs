@@ -456,11 +456,24 @@ impl ProxyHttp for Edge {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         // A retry: this request no longer waits on the shard that refused it (the room's move
         // off that shard must not close the request itself).
         self.unregister(ctx);
-        let peer = self.peer_for(ctx)?;
+        self.peer_for(ctx)
+    }
+
+    /// Registers the request with its room once it reaches its shard (not while it connects:
+    /// one still connecting to a shard that died fails and is retried on its own).
+    async fn connected_to_upstream(
+        &self,
+        session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         if ctx.room.is_some() {
             if ctx.held.is_none() {
                 ctx.held = held::HeldRequest::of(session).map(Arc::new);
@@ -469,7 +482,7 @@ impl ProxyHttp for Edge {
                 self.register(ctx, held);
             }
         }
-        Ok(peer)
+        Ok(())
     }
 
     fn fail_to_connect(
