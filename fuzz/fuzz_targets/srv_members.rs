@@ -232,8 +232,8 @@ fuzz_target!(|data: &[u8]| {
             let s = &members.shards[usize::from(b.byte()) % members.shards.len()];
             match event & 0b11 {
                 1 => s.mark_down(now_ms + u64::from(b.byte()) * 32),
-                2 => s.set_admin_drain(true),
-                _ => s.set_admin_drain(false),
+                2 => s.set_admin_drain(Some(Arc::from("fuzz"))),
+                _ => s.set_admin_drain(None),
             }
         }
         now_ms += u64::from(b.byte()) * 16;
