@@ -586,7 +586,7 @@ mod tests {
         listen: TcpListener,
         peers: Vec<SocketAddr>,
     ) -> (Arc<Pool>, mpsc::UnboundedSender<Update>) {
-        let pool = crate::peers::replicator::tests::dns_pool();
+        let pool = Arc::new(crate::routing::pool::tests::dns_pool());
         let (tx, rx) = mpsc::unbounded_channel();
         let pools = HashMap::from([(Arc::from("shards"), pool.clone())]);
         tokio::spawn(run(

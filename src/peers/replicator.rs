@@ -503,35 +503,11 @@ fn drain_frame(pool: &str, shard: &str, d: &AdminDrain) -> Drain {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use std::time::Duration;
-
-    /// A pool whose shards DNS names, with room for 10,000 rooms.
-    pub(crate) fn dns_pool() -> Arc<Pool> {
-        use crate::config::{Pool as PoolConfig, Shards, Sticky};
-        Arc::new(Pool::from_config(&PoolConfig {
-            name: "shards".into(),
-            shards: Some(Shards {
-                list: Vec::new(),
-                srv: Some("_http._tcp.web.test.".into()),
-                dns: None,
-            }),
-            instances: None,
-            sticky: Sticky {
-                ttl: Duration::from_secs(60),
-                capacity: 10_000,
-            },
-            passive_down: Duration::from_secs(10),
-            linger: Duration::from_secs(600),
-            health: None,
-            agent: None,
-            tls: None,
-        }))
-    }
 
     fn replica(id: u64, secret: &[u8]) -> (Replicator, Arc<Pool>) {
-        let pool = dns_pool();
+        let pool = Arc::new(crate::routing::pool::tests::dns_pool());
         let mut r = Replicator::new(id, Arc::from(secret));
         r.set_pools(HashMap::from([(Arc::from("shards"), pool.clone())]));
         (r, pool)
@@ -698,15 +674,6 @@ pub(crate) mod tests {
         assert_eq!(a.totals().replaced + b.totals().replaced, 1);
     }
 
-    #[derive(Default)]
-    struct Closes(std::sync::atomic::AtomicUsize);
-
-    impl crate::routing::Closer for Closes {
-        fn close(&self) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-
     /// Two replicas joined by connection 1, synced.
     fn joined() -> ((Replicator, Arc<Pool>), (Replicator, Arc<Pool>)) {
         let (mut a, pa) = replica(1, b"k1k1k1k1k1k1k1k1");
@@ -727,7 +694,7 @@ pub(crate) mod tests {
         a.placed("shards", "r", &pa.stick.placement("r").unwrap());
         pb.stick.insert("r", Arc::from("shard-b"), 500);
         b.placed("shards", "r", &pb.stick.placement("r").unwrap());
-        let closes = Arc::new(Closes::default());
+        let closes = Arc::new(crate::routing::pool::tests::Closes::default());
         pb.conn_opened("r", Arc::from("shard-b"), closes.clone());
         let (fa, fb) = (a.flush(), b.flush());
         pump(&mut a, &mut b, 1, fa, fb);

@@ -580,7 +580,7 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Shards, Sticky};
 
@@ -663,8 +663,9 @@ mod tests {
         assert_eq!(back, after);
     }
 
+    /// Counts the closes of the connections it stands for.
     #[derive(Default)]
-    struct Closes(AtomicUsize);
+    pub(crate) struct Closes(pub(crate) AtomicUsize);
 
     impl Closer for Closes {
         fn close(&self) {
@@ -723,16 +724,20 @@ mod tests {
         assert_eq!(here.0.load(Ordering::Relaxed), 0);
     }
 
-    fn dns_pool() -> Pool {
+    /// A pool whose shards DNS names, with room for 10,000 rooms.
+    pub(crate) fn dns_pool() -> Pool {
         Pool::from_config(&PoolConfig {
-            name: "p".into(),
+            name: "shards".into(),
             shards: Some(Shards {
                 list: Vec::new(),
                 srv: Some("_http._tcp.web.test.".into()),
                 dns: None,
             }),
             instances: None,
-            sticky: Sticky::default(),
+            sticky: Sticky {
+                ttl: Duration::from_secs(60),
+                capacity: 10_000,
+            },
             passive_down: Duration::from_secs(10),
             linger: Duration::from_secs(600),
             health: None,
