@@ -721,14 +721,10 @@ async fn a_move_off_a_dead_shard_reaches_the_other_replica() {
     assert_eq!(at_b, moved);
 }
 
-/// Participants of new rooms arriving in the same instant through three replicas whose views
-/// differ (`a` found a new shard that `b` and `c` have not: they know it from `a` only for the
-/// rooms stuck to it) are placed on two shards at first; once the placements meet, the losers'
-/// WebSockets are closed and reconnect to the winner. Every room ends whole, bounded in time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() {
-    use futures_util::{SinkExt, StreamExt};
-    const JOINS: usize = 120;
+/// Three replicas with peers in front of two shards: the first looks DNS up every 200 ms and
+/// found shard-1; the two others look up every minute and know shard-1 only from the first
+/// (draining for them: no new rooms there).
+async fn views_that_differ() -> (DnsServer, [Backend; 2], [Shardgate; 3]) {
     let dns = DnsServer::start().await;
     let b0 = Backend::start("shard-0").await;
     let b1 = Backend::start("shard-1").await;
@@ -746,6 +742,47 @@ async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() 
     for r in &replicas {
         wait_for_members(r, 2, 2).await;
     }
+    (dns, [b0, b1], replicas)
+}
+
+/// Participants of new rooms arriving in the same instant through three replicas whose views
+/// differ (`a` found a new shard that `b` and `c` have not: they know it from `a` only for the
+/// rooms stuck to it) are placed on two shards at first; once the placements meet, the losers'
+/// WebSockets are closed and reconnect to the winner. Every room ends whole, bounded in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() {
+    let (_dns, _shards, replicas) = views_that_differ().await;
+    // On a loaded machine a round may place no room on two shards (one replica's placement
+    // reached the others first): then another round, so the test is never vacuous.
+    for round in 0..3 {
+        let (split_at_first, took) = join_at_once(&replicas, round).await;
+        let mut reconnected = 0;
+        for r in &replicas {
+            let m = scrape(r).await;
+            reconnected += metric(&m, "shardgate_peers_rooms_reconnected_total").unwrap_or(0);
+        }
+        println!(
+            "{split_at_first} of {JOINS} rooms joined at once were split at first; each room \
+             whole at most {took:?} after its participants joined; {reconnected} rooms' losing \
+             tunnels closed so far"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        if split_at_first > 0 {
+            assert!(reconnected > 0);
+            return;
+        }
+    }
+    panic!("no room was placed on two shards in three rounds");
+}
+
+/// Rooms joined at once in each round of the test above.
+const JOINS: usize = 120;
+
+/// One round: every room's three participants join at once (rooms 20 ms apart); waits until
+/// every room is whole and stays so. Returns how many rooms were split at first, and the longest
+/// time a room took to be whole after its participants joined.
+async fn join_at_once(replicas: &[Shardgate; 3], round: usize) -> (usize, Duration) {
+    use futures_util::{SinkExt, StreamExt};
 
     // Each participant: join (a WebSocket through its replica, one message echoed by the
     // shard), report the shard, and when the edge closes the socket, join again.
@@ -755,7 +792,7 @@ async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() 
     let mut tasks = Vec::new();
     for room in 0..JOINS {
         for (who, r) in replicas.iter().enumerate() {
-            let url = format!("ws://{}/xmpp-websocket?room=join-{room}", r.http);
+            let url = format!("ws://{}/xmpp-websocket?room=join-{round}-{room}", r.http);
             let (tx, start, stop) = (tx.clone(), start.clone(), stop.clone());
             let addr = r.http;
             tasks.push(tokio::spawn(async move {
@@ -842,28 +879,10 @@ async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() 
             shards.len() > 1
         })
         .count();
-    let mut tally: HashMap<(usize, &str), usize> = HashMap::new();
-    for ((_, who), shard) in &first {
-        *tally.entry((*who, shard.as_str())).or_default() += 1;
-    }
-    println!("first shard per replica: {tally:?}");
-    let mut reconnected = 0;
-    for r in &replicas {
-        let m = scrape(r).await;
-        reconnected += metric(&m, "shardgate_peers_rooms_reconnected_total").unwrap_or(0);
-    }
-    println!(
-        "{split_at_first} of {JOINS} rooms joined at once were split at first; each room whole \
-         at most {took:?} after its participants joined; {reconnected} rooms' losing tunnels \
-         closed"
-    );
-    assert!(took < Duration::from_secs(3), "{took:?}");
-    // The views differed, so the test is not vacuous: rooms were split, and the edge mended them.
-    assert!(split_at_first > 0, "no room was placed on two shards");
-    assert!(reconnected > 0);
     for t in tasks {
         t.abort();
     }
+    (split_at_first, took)
 }
 
 /// The same with requests the shards hold (BOSH long-polls, here answered after 4 s): the ones
@@ -872,29 +891,34 @@ async fn participants_joining_at_once_through_three_replicas_end_on_one_shard() 
 /// room left; the rest are answered by the room's shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_requests_on_the_losing_shard_are_ended_at_once() {
+    let (_dns, _shards, replicas) = views_that_differ().await;
+    // As above: rounds until one sent requests to a losing shard.
+    for round in 0..3 {
+        let ended = hold_at_once(&replicas, round).await;
+        println!(
+            "{ended} of {} held requests were on a losing shard and ended at once",
+            HOLDS * 3
+        );
+        if ended > 0 {
+            return;
+        }
+    }
+    panic!("no request was sent to a losing shard in three rounds");
+}
+
+/// Rooms whose three requests are sent at once in each round of the test above.
+const HOLDS: usize = 60;
+
+/// One round: three held requests per room at once (rooms 20 ms apart); checks that every
+/// answer came from the room's shard (the one every replica routes it to afterwards), and
+/// returns how many requests were ended early.
+async fn hold_at_once(replicas: &[Shardgate; 3], round: usize) -> usize {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const JOINS: usize = 60;
-    let dns = DnsServer::start().await;
-    let b0 = Backend::start("shard-0").await;
-    let b1 = Backend::start("shard-1").await;
-    publish_shards(&dns, 1, &[&b0]);
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let replicas = [
-        dns_replica(ports[0], &ports, &dns, "200ms"),
-        dns_replica(ports[1], &ports, &dns, "60s"),
-        dns_replica(ports[2], &ports, &dns, "60s"),
-    ];
-    for r in &replicas {
-        wait_for_members(r, 1, 1).await;
-    }
-    publish_shards(&dns, 1, &[&b0, &b1]);
-    for r in &replicas {
-        wait_for_members(r, 2, 2).await;
-    }
+    const JOINS: usize = HOLDS;
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(JOINS * 3 + 1));
     let mut tasks = Vec::new();
     for room in 0..JOINS {
-        for r in &replicas {
+        for r in replicas {
             let (addr, start) = (r.http, start.clone());
             tasks.push(tokio::spawn(async move {
                 let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -902,7 +926,7 @@ async fn held_requests_on_the_losing_shard_are_ended_at_once() {
                 tokio::time::sleep(Duration::from_millis(20 * room as u64)).await;
                 let began = std::time::Instant::now();
                 let req =
-                    format!("GET /hold?room=held-{room}&ms=4000 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n");
+                    format!("GET /hold?room=held-{round}-{room}&ms=4000 HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n");
                 tcp.write_all(req.as_bytes()).await.unwrap();
                 let mut answer = Vec::new();
                 let _ = tcp.read_to_end(&mut answer).await;
@@ -942,9 +966,9 @@ async fn held_requests_on_the_losing_shard_are_ended_at_once() {
     let c = client();
     for room in 0..JOINS {
         let mut now = HashSet::new();
-        for r in &replicas {
+        for r in replicas {
             now.insert(
-                get(&c, &r.url(&format!("/http-bind?room=held-{room}")))
+                get(&c, &r.url(&format!("/http-bind?room=held-{round}-{room}")))
                     .await
                     .1,
             );
@@ -957,9 +981,5 @@ async fn held_requests_on_the_losing_shard_are_ended_at_once() {
             "held-{room}: {got:?}, now {shard}"
         );
     }
-    println!(
-        "{ended} of {} held requests were on a losing shard and ended at once",
-        JOINS * 3
-    );
-    assert!(ended > 0, "no request was sent to a losing shard");
+    ended
 }
