@@ -363,12 +363,17 @@ fn signal(r: &Shardgate, sig: &str) {
 
 const SECRET: &str = "0123456789abcdef-test";
 
-/// Replicas listening for peers on `ports`, each listing all of them, over `backends`.
-fn pair(ports: &[u16], backends: &[Backend], secret: &str) -> Vec<Shardgate> {
-    ports
+/// Two replicas listening for peers on `ports`, each listing both, over `backends`; returned
+/// once each has synced with the other.
+async fn synced_pair(ports: &[u16; 2], backends: &[Backend]) -> Vec<Shardgate> {
+    let replicas: Vec<Shardgate> = ports
         .iter()
-        .map(|port| replica(*port, ports, backends, secret))
-        .collect()
+        .map(|port| replica(*port, ports, backends, SECRET))
+        .collect();
+    for r in &replicas {
+        wait_scrape(r, 20, synced_with_one).await;
+    }
+    replicas
 }
 
 /// A replica listening for peers on `port` and dialling those on `peers`.
@@ -398,10 +403,8 @@ async fn a_silent_replica_is_dropped_then_rejoins() {
         Backend::start("shard-1").await,
     ];
     let ports = [free_port(), free_port()];
-    let replicas = pair(&ports, &backends, SECRET);
+    let replicas = synced_pair(&ports, &backends).await;
     let (a, b) = (&replicas[0], &replicas[1]);
-    wait_scrape(a, 20, synced_with_one).await;
-    wait_scrape(b, 20, synced_with_one).await;
 
     // A room placed through a reaches b; both count it, per peer and in total.
     let (status, _) = get(&client(), &a.url("/http-bind?room=frozen")).await;
@@ -458,9 +461,8 @@ async fn strangers_and_garbage_are_refused_and_the_replicas_go_on() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backends = [Backend::start("shard-0").await];
     let ports = [free_port(), free_port()];
-    let replicas = pair(&ports, &backends, SECRET);
+    let replicas = synced_pair(&ports, &backends).await;
     let (a, b) = (&replicas[0], &replicas[1]);
-    wait_scrape(a, 20, synced_with_one).await;
 
     // c knows a's address but not the secret.
     let own = free_port();
@@ -699,10 +701,8 @@ async fn a_move_off_a_dead_shard_reaches_the_other_replica() {
         Backend::start("shard-2").await,
     ];
     let ports = [free_port(), free_port()];
-    let replicas = pair(&ports, &backends, SECRET);
+    let replicas = synced_pair(&ports, &backends).await;
     let (a, b) = (&replicas[0], &replicas[1]);
-    wait_scrape(a, 20, synced_with_one).await;
-    wait_scrape(b, 20, synced_with_one).await;
     let c = client();
     let status = c
         .post(b.admin_url("/admin/shards/shards/shard-2/drain"))
