@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod discovery;
+pub mod http1;
 pub mod peers;
 pub mod relay;
 pub mod routing;
@@ -16,6 +17,8 @@ pub mod tls;
 
 #[cfg(feature = "server")]
 pub mod admin;
+#[cfg(feature = "server")]
+pub mod front;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -14,6 +14,13 @@ pub struct Metrics {
     pub upstream_latency: HistogramVec,
     /// Upgraded (WebSocket) connections open now.
     pub tunnels_open: IntGauge,
+    /// Client connections counted against `limits.max_connections` (set every few seconds).
+    pub connections_open: IntGauge,
+    /// Times a listener stopped accepting because `limits.max_connections` was reached.
+    pub connections_limited: prometheus::IntCounter,
+    /// Connections closed by a deadline, by what was late (`request_head`, `client_write`,
+    /// `shard_write`, `response`, `tunnel_quiet`, `tunnel_stuck`).
+    pub timeouts: IntCounterVec,
     /// Requests refused at the edge before any backend saw them, by reason.
     pub rejected: IntCounterVec,
     /// Connections a shard refused (passive health), by pool and shard.
@@ -117,6 +124,27 @@ impl Metrics {
         registry
             .register(Box::new(tunnels_open.clone()))
             .expect("unique metric");
+        let connections_open = IntGauge::new(
+            "shardgate_connections_open",
+            "Client connections counted against limits.max_connections",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections_open.clone()))
+            .expect("unique metric");
+        let connections_limited = prometheus::IntCounter::new(
+            "shardgate_connections_limited_total",
+            "Times the listeners stopped accepting at limits.max_connections",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(connections_limited.clone()))
+            .expect("unique metric");
+        let timeouts = counter(
+            "shardgate_timeouts_total",
+            "Connections closed by a deadline, by what was late",
+            &["kind"],
+        );
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -269,6 +297,9 @@ impl Metrics {
             requests,
             upstream_latency,
             tunnels_open,
+            connections_open,
+            connections_limited,
+            timeouts,
             rejected,
             connect_failures,
             room_moves,

@@ -6,6 +6,9 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::discovery::health;
 use crate::discovery::resolver::{self, Plan};
+use crate::front::limit::{Filter, Limit};
+use crate::front::shards::Shards;
+use crate::front::Front;
 use crate::proxy::Edge;
 use crate::relay::targets::ZoneTargets;
 use crate::reload::ReloadStatus;
@@ -16,6 +19,7 @@ use crate::tls::{CertFiles, CertStore};
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::ListenerConfig;
 use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -88,17 +92,26 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     }
     let signal_shared = shared.clone();
 
-    let mut proxy = Service::new(
-        "shardgate edge".to_owned(),
-        Lingering(Arc::new(pingora::proxy::http_proxy(
-            &server.configuration,
-            Edge::new(shared.clone()),
-        ))),
+    let limit = Limit::new();
+    let shards = Arc::new(Shards::default());
+    let front = Front::new(
+        shared.clone(),
+        pingora::proxy::http_proxy(&server.configuration, Edge::new(shared.clone())),
+        limit.clone(),
+        shards.clone(),
     );
+    let mut proxy = Service::new("shardgate edge".to_owned(), Lingering(Arc::new(front)));
+    proxy.set_connection_filter(Arc::new(Filter {
+        limit: limit.clone(),
+        shared: shared.clone(),
+    }));
+    // No read buffer per connection: the HTTP/1.1 path reads through a per-thread scratch
+    // buffer, so a waiting connection holds none (see `crate::front::io`).
+    let unbuffered = pingora::listeners::L4BufferSettings::unbuffered();
     for l in &listeners {
         let addr = l.addr.to_string();
         match &l.tls {
-            None => proxy.add_tcp(&addr),
+            None => proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(unbuffered)),
             Some(tls) => {
                 let files = |cert: &std::path::Path, key: &std::path::Path| CertFiles {
                     cert: cert.to_owned(),
@@ -115,7 +128,11 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
                     .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
                 settings.set_cert_resolver(store);
                 settings.set_alpn(if tls.h2 { ALPN::H2H1 } else { ALPN::H1 });
-                proxy.add_tls_with_settings(&addr, None, settings);
+                proxy.add_listener(
+                    ListenerConfig::tcp(&addr)
+                        .tls(settings)
+                        .l4_buffer(unbuffered),
+                );
             }
         }
         info!(addr = %l.addr, tls = l.tls.is_some(), "listening");
@@ -132,6 +149,8 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
         "housekeeping",
         Housekeeping {
             shared: shared.clone(),
+            shards,
+            limit,
         },
     ));
     server.add_service(background_service(
@@ -167,9 +186,12 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Refreshes the stick entries of rooms with open tunnels, a few times per stick TTL.
+/// Refreshes the stick entries of rooms with open tunnels, a few times per stick TTL; closes
+/// kept-alive shard connections that expired; keeps the connection gauge current.
 struct Housekeeping {
     shared: Arc<Shared>,
+    shards: Arc<Shards>,
+    limit: Arc<Limit>,
 }
 
 #[async_trait]
@@ -194,6 +216,11 @@ impl BackgroundService for Housekeeping {
             for p in &runtime.pools {
                 p.refresh_open_rooms();
             }
+            self.shards.sweep();
+            self.shared
+                .metrics
+                .connections_open
+                .set(self.limit.count() as i64);
         }
     }
 }

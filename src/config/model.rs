@@ -91,6 +91,10 @@ pub struct Timeouts {
     /// How long a client connection may sit idle between two requests.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub keepalive: Duration,
+    /// How long a client has to send a whole request head (from its connection, or from the
+    /// first byte of a later request); later gets 408.
+    #[serde(deserialize_with = "super::duration::deserialize")]
+    pub request_head: Duration,
     /// After SIGTERM, open tunnels are kept this long.
     #[serde(deserialize_with = "super::duration::deserialize")]
     pub shutdown_grace: Duration,
@@ -107,6 +111,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(90),
             tunnel: Duration::from_secs(3600),
             keepalive: Duration::from_secs(60),
+            request_head: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(7200),
             shutdown_delay: Duration::from_secs(5),
         }
@@ -118,12 +123,19 @@ impl Default for Timeouts {
 pub struct Limits {
     /// Largest request header block (request line + headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// Client connections served at once (all listeners); past it, new connections wait in
+    /// the listen backlog.
+    pub max_connections: usize,
+    /// Longest room key (bytes, after decoding); a longer room name gets 400.
+    pub max_room_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_header_bytes: 32 * 1024,
+            max_connections: 50_000,
+            max_room_bytes: 256,
         }
     }
 }

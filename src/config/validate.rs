@@ -50,6 +50,7 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
         ("idle", t.idle),
         ("tunnel", t.tunnel),
         ("keepalive", t.keepalive),
+        ("request_head", t.request_head),
     ] {
         if d.is_zero() {
             err(format!("timeouts.{name}"), "must be more than 0s".into());
@@ -61,6 +62,19 @@ pub(crate) fn validate(c: &Config) -> Vec<(String, String)> {
             format!(
                 "{} is too small; expected at least 1024",
                 c.limits.max_header_bytes
+            ),
+        );
+    }
+
+    if c.limits.max_connections == 0 {
+        err("limits.max_connections".into(), "must be at least 1".into());
+    }
+    if c.limits.max_room_bytes < 16 {
+        err(
+            "limits.max_room_bytes".into(),
+            format!(
+                "{} is too small; expected at least 16",
+                c.limits.max_room_bytes
             ),
         );
     }

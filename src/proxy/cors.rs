@@ -14,44 +14,73 @@ pub enum CorsDecision {
     Pass,
     /// An allowed origin: echo it on the response.
     Allow(String),
-    /// A preflight from an allowed origin: answer it here.
-    Preflight(Box<ResponseHeader>),
+    /// A preflight from an allowed origin: answered here with 204 and these headers.
+    Preflight(Vec<(&'static str, String)>),
     /// A preflight or WebSocket upgrade from an origin not allowed: 403.
     Refuse,
 }
 
-pub fn decide(route: &CompiledRoute, req: &RequestHeader, upgrade: bool) -> CorsDecision {
+/// What a request says that CORS looks at.
+pub struct CorsRequest<'a> {
+    pub options: bool,
+    pub origin: Option<&'a str>,
+    pub request_method: bool,
+    pub request_headers: Option<&'a str>,
+}
+
+impl<'a> CorsRequest<'a> {
+    pub fn of(req: &'a RequestHeader) -> Self {
+        let text = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        CorsRequest {
+            options: req.method == Method::OPTIONS,
+            origin: req.headers.get(ORIGIN).and_then(|o| o.to_str().ok()),
+            request_method: req.headers.contains_key("access-control-request-method"),
+            request_headers: text("access-control-request-headers"),
+        }
+    }
+}
+
+pub fn decide(route: &CompiledRoute, req: &CorsRequest, upgrade: bool) -> CorsDecision {
     if route.cors.is_none() {
         return CorsDecision::Pass;
     }
-    let Some(origin) = req.headers.get(ORIGIN).and_then(|o| o.to_str().ok()) else {
+    let Some(origin) = req.origin else {
         return CorsDecision::Pass;
     };
     let allowed = route.origin_allowed(origin);
-    let request_method = req.headers.get("access-control-request-method");
-    if req.method == Method::OPTIONS && request_method.is_some() {
+    if req.options && req.request_method {
         if !allowed {
             return CorsDecision::Refuse;
         }
-        let mut resp = ResponseHeader::build(204, Some(6)).expect("204 is valid");
-        let _ = resp.insert_header("access-control-allow-origin", origin);
-        let _ = resp.insert_header("vary", "Origin");
-        let _ = resp.insert_header(
-            "access-control-allow-methods",
-            "GET, POST, PUT, DELETE, OPTIONS",
-        );
-        if let Some(h) = req.headers.get("access-control-request-headers") {
-            let _ = resp.insert_header("access-control-allow-headers", h.clone());
+        let mut headers = vec![
+            ("access-control-allow-origin", origin.to_owned()),
+            ("vary", "Origin".to_owned()),
+            (
+                "access-control-allow-methods",
+                "GET, POST, PUT, DELETE, OPTIONS".to_owned(),
+            ),
+        ];
+        if let Some(h) = req.request_headers {
+            headers.push(("access-control-allow-headers", h.to_owned()));
         }
-        let _ = resp.insert_header("access-control-max-age", "600");
-        let _ = resp.insert_header("content-length", "0");
-        return CorsDecision::Preflight(Box::new(resp));
+        headers.push(("access-control-max-age", "600".to_owned()));
+        return CorsDecision::Preflight(headers);
     }
     match (allowed, upgrade) {
         (true, _) => CorsDecision::Allow(origin.to_owned()),
         (false, true) => CorsDecision::Refuse,
         (false, false) => CorsDecision::Pass,
     }
+}
+
+/// The 204 answering an allowed preflight.
+pub fn preflight_response(headers: &[(&'static str, String)]) -> Box<ResponseHeader> {
+    let mut resp = ResponseHeader::build(204, Some(headers.len() + 1)).expect("204 is valid");
+    for (k, v) in headers {
+        let _ = resp.insert_header(*k, v.as_str());
+    }
+    let _ = resp.insert_header("content-length", "0");
+    Box::new(resp)
 }
 
 /// Adds the allow headers for an allowed origin to a response.
@@ -103,8 +132,9 @@ mod tests {
                 ("access-control-request-headers", "content-type"),
             ],
         );
-        match decide(&r, &pre, false) {
-            CorsDecision::Preflight(resp) => {
+        match decide(&r, &CorsRequest::of(&pre), false) {
+            CorsDecision::Preflight(headers) => {
+                let resp = preflight_response(&headers);
                 assert_eq!(resp.status, 204);
                 assert_eq!(
                     resp.headers["access-control-allow-origin"],
@@ -121,21 +151,33 @@ mod tests {
                 ("access-control-request-method", "POST"),
             ],
         );
-        assert!(matches!(decide(&r, &evil, false), CorsDecision::Refuse));
+        assert!(matches!(
+            decide(&r, &CorsRequest::of(&evil), false),
+            CorsDecision::Refuse
+        ));
         let ws_evil = req("GET", &[("origin", "https://evil.example")]);
-        assert!(matches!(decide(&r, &ws_evil, true), CorsDecision::Refuse));
+        assert!(matches!(
+            decide(&r, &CorsRequest::of(&ws_evil), true),
+            CorsDecision::Refuse
+        ));
         // Simple requests from other origins pass without allow headers: the browser enforces.
-        assert!(matches!(decide(&r, &ws_evil, false), CorsDecision::Pass));
+        assert!(matches!(
+            decide(&r, &CorsRequest::of(&ws_evil), false),
+            CorsDecision::Pass
+        ));
         let ok = req("POST", &[("origin", "https://app.example.com")]);
         assert!(
-            matches!(decide(&r, &ok, true), CorsDecision::Allow(o) if o == "https://app.example.com")
+            matches!(decide(&r, &CorsRequest::of(&ok), true), CorsDecision::Allow(o) if o == "https://app.example.com")
         );
         assert!(
-            matches!(decide(&r, &req("GET", &[]), true), CorsDecision::Pass),
+            matches!(
+                decide(&r, &CorsRequest::of(&req("GET", &[])), true),
+                CorsDecision::Pass
+            ),
             "no Origin: not a browser"
         );
         assert!(
-            matches!(decide(&route(&["*"]), &ws_evil, true), CorsDecision::Allow(o) if o == "https://evil.example")
+            matches!(decide(&route(&["*"]), &CorsRequest::of(&ws_evil), true), CorsDecision::Allow(o) if o == "https://evil.example")
         );
     }
 }

@@ -6,6 +6,7 @@
 //! room key -> shard (sticky) or any shard -> connect (retry once on the next choice if the
 //! shard refuses, marking it down) -> forward with X-Forwarded-* -> count.
 
+pub mod choice;
 pub mod cors;
 pub mod headers;
 mod held;
@@ -13,7 +14,7 @@ mod tunnel;
 pub mod upstream_tls;
 
 use crate::metrics::status_class;
-use crate::routing::{find_instance, path_segment, room_key, Action, Choice, Pool, Shard};
+use crate::routing::{find_instance, path_segment, room_key, Action, Shard};
 use crate::runtime::Runtime;
 use crate::state::{InFlight, Shared};
 use async_trait::async_trait;
@@ -24,7 +25,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::FailToProxy;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 
 pub struct Edge {
     shared: Arc<Shared>,
@@ -40,77 +41,16 @@ impl Edge {
         }
     }
 
-    /// The shard for this request: the instance its URL named, its room's shard, or any shard;
-    /// avoiding one that already refused it. `Err` says why none can take it.
-    fn choose(&self, pool: &Pool, ctx: &Ctx) -> std::result::Result<Arc<Shard>, String> {
-        let now = self.shared.now_ms();
-        if let Some(instance) = &ctx.instance {
-            // The named instance, draining or not (it owns its conferences), if it is up.
-            return match instance.is_up(now) && ctx.failed.is_none() {
-                true => Ok(instance.clone()),
-                false => Err(format!(
-                    "instance {} of pool {} is down",
-                    instance.name, pool.name
-                )),
-            };
-        }
-        let members = pool.members.load();
-        let exclude: &[usize] = ctx.failed.as_slice();
-        let index = match &ctx.room {
-            Some(room) => pool
-                .choose_for_room(&members, room, (now, crate::routing::unix_ms()), exclude)
-                .map(|choice| {
-                    self.replicate(pool, room, matches!(choice, Choice::Stuck(_)));
-                    if let Choice::Moved(_) = choice {
-                        self.shared
-                            .metrics
-                            .room_moves
-                            .with_label_values(&[&pool.name])
-                            .inc();
-                    }
-                    choice.index()
-                }),
-            None => pool.choose_any(&members, now, exclude),
-        };
-        match index {
-            Some(i) => Ok(members.shards[i].clone()),
-            None if members.shards.is_empty() => Err(format!("pool {} has no shards", pool.name)),
-            None if ctx.room.is_some() => Err(format!(
-                "no shard of pool {} is up and accepting new rooms",
-                pool.name
-            )),
-            None => Err(format!("no shard of pool {} is up", pool.name)),
-        }
-    }
-
-    /// Hands a placement this replica just made to replication (`[peers]`), and, for a room
-    /// already stuck, a refresh at most once per quarter of the table's idle time (so the
-    /// other replicas keep rooms alive that only this one sees traffic for).
-    fn replicate(&self, pool: &Pool, room: &str, stuck: bool) {
-        let Some(peers) = self.shared.peers.get() else {
-            return;
-        };
-        let placement = if stuck {
-            let every = pool.stick_ttl().as_millis() as u64 / 4;
-            pool.stick
-                .refresh_due(room, crate::routing::unix_ms(), every)
-        } else {
-            pool.stick.placement(room)
-        };
-        if let Some(placement) = placement {
-            let _ = peers.send(crate::peers::driver::Update::Placed {
-                pool: pool.name.clone(),
-                room: Arc::from(room),
-                placement,
-            });
-        }
-    }
-
     /// Chooses the shard for this request and says how to reach it.
     fn peer_for(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let runtime = ctx.runtime.clone().expect("set by request_filter");
         let pool = &runtime.pools[ctx.pool.expect("only pool routes reach upstream_peer")];
-        let shard = match self.choose(pool, ctx) {
+        let want = choice::Wanted {
+            room: ctx.room.as_deref(),
+            instance: ctx.instance.as_ref(),
+            failed: ctx.failed,
+        };
+        let shard = match choice::choose(&self.shared, pool, &want) {
             Ok(shard) => shard,
             Err(mut why) => {
                 if let (Some(failed), true) = (&ctx.shard, ctx.failed.is_some()) {
@@ -158,22 +98,7 @@ impl Edge {
             return false;
         };
         let pool = &runtime.pools[pool];
-        let now = self.shared.now_ms();
-        shard.mark_down(now + pool.passive_down.as_millis() as u64);
-        if let Some(h) = &pool.health {
-            crate::discovery::health::report(
-                pool,
-                shard,
-                shard.record_health(false, h.rise, h.fall),
-            );
-        }
-        self.shared
-            .metrics
-            .connect_failures
-            .with_label_values(&[&pool.name, &shard.name])
-            .inc();
-        warn!(pool = %pool.name, shard = %shard.name, error = %e, "shard refused the connection; marked down");
-        ctx.failed = pool.members.load().index_of(&shard.name);
+        ctx.failed = choice::refused(&self.shared, pool, shard, e);
         ctx.connect_failures += 1;
         if ctx.connect_failures < 2 {
             return true;
@@ -372,10 +297,11 @@ impl ProxyHttp for Edge {
         };
         ctx.route = Some(route_index);
         let route = &runtime.routes.routes[route_index];
-        match cors::decide(route, req, ctx.upgrade) {
+        match cors::decide(route, &cors::CorsRequest::of(req), ctx.upgrade) {
             cors::CorsDecision::Pass => {}
             cors::CorsDecision::Allow(origin) => ctx.cors_origin = Some(origin),
-            cors::CorsDecision::Preflight(resp) => {
+            cors::CorsDecision::Preflight(headers) => {
+                let resp = cors::preflight_response(&headers);
                 session.write_response_header(resp, true).await?;
                 ctx.runtime = Some(runtime);
                 return Ok(true);

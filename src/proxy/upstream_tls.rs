@@ -1,8 +1,9 @@
 //! TLS towards a pool's members: the CA bundle their certificates must chain to and the client
 //! certificate presented to them (mTLS, e.g. a SPIFFE SVID that spiffe-helper rotates). The
 //! files are re-read on every reload trigger; a rotation that does not load keeps the material
-//! in use. pingora keys pooled connections by the client certificate, so connections opened
-//! after a rotation present the new one and idle ones with the old one age out.
+//! in use. Kept-alive connections are pooled by the material they were opened with, so
+//! connections opened after a rotation present the new one and idle ones with the old one age
+//! out.
 
 use crate::config::{Config, UpstreamTls, Verify};
 use arc_swap::ArcSwap;
@@ -49,6 +50,12 @@ impl Identity {
         self.material.store(Arc::new(material));
         *loaded = hash;
         Ok(true)
+    }
+
+    /// Names the material in use: kept-alive connections are pooled under it, so those
+    /// opened before a rotation are not used after it.
+    pub fn material_hash(&self) -> u64 {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The files to watch.

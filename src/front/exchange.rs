@@ -1,0 +1,562 @@
+//! One proxied HTTP/1.1 request: the shard chosen (and a refusing shard avoided once), the
+//! head and body sent, the response head read (interim ones passed on), the body relayed with
+//! the framing the client's connection needs, or, after a 101, the WebSocket tunnel. A request
+//! whose body came whole with its head is sent in one write and, if a kept-alive connection
+//! turns out closed by its shard before answering, sent again on a new one.
+
+use super::conn::Client;
+use super::io::{read_some_within, write_within, SCRATCH};
+use super::shards::Key;
+use super::tunnel::{self, Close};
+use super::Front;
+use crate::http1::chunked::Chunked;
+use crate::http1::forward::{self, ToClient};
+use crate::http1::response::{self, MAX_HEAD};
+use crate::http1::{Body, MAX_HEADERS};
+use crate::metrics::status_class;
+use crate::proxy::choice::{self, Wanted};
+use crate::routing::Shard;
+use crate::runtime::Runtime;
+use crate::state::InFlight;
+use pingora::server::ShutdownWatch;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+/// A request to proxy, as decided from its head.
+pub struct Exchange {
+    pub runtime: Arc<Runtime>,
+    pub route: usize,
+    pub pool: usize,
+    pub room: Option<String>,
+    pub instance: Option<Arc<Shard>>,
+    /// The head to send to the shard.
+    pub head: Vec<u8>,
+    /// Length of the client's head at the start of the connection's buffer.
+    pub head_len: usize,
+    pub body: Body,
+    pub keep_alive: bool,
+    pub http10: bool,
+    pub head_request: bool,
+    pub websocket: bool,
+    pub expect_continue: bool,
+    pub cors_origin: Option<String>,
+}
+
+/// How an exchange ended.
+enum Outcome {
+    /// A response was passed on; the client's connection may carry another request.
+    Done {
+        status: u16,
+        keep: bool,
+        tunnel: bool,
+    },
+    /// Nothing was passed on: the edge answers with this status and reason.
+    Failed { status: u16, why: String },
+    /// The client's connection cannot go on (either side failed mid-response, or the room
+    /// moved while its shard held the request).
+    Aborted { status: Option<u16> },
+}
+
+/// Which side of a copy failed.
+enum Fail {
+    Src(io::Error),
+    Dst(io::Error),
+    Framing(&'static str),
+}
+
+/// Proxies one request; returns whether the client's connection carries on.
+pub async fn run<C>(
+    front: &Front,
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    mut x: Exchange,
+    who: &Client,
+    shutdown: &ShutdownWatch,
+) -> bool
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+{
+    let _in_flight = InFlight::new(front.shared.clone());
+    let started = Instant::now();
+    buf.drain(..x.head_len);
+    // A body that came whole with the head goes in the same write.
+    let whole = whole_body(buf, x.body);
+    if let Some(n) = whole {
+        x.head.extend_from_slice(&buf[..n]);
+        buf.drain(..n);
+    }
+    let runtime = x.runtime.clone();
+    let pool = &runtime.pools[x.pool];
+    let idle = runtime.config.timeouts.idle;
+    let mut shard_name: Option<Arc<str>> = None;
+    let outcome = proxy(
+        front,
+        client,
+        buf,
+        &x,
+        whole.is_some(),
+        &mut shard_name,
+        shutdown,
+    )
+    .await;
+    let (status, keep, tunnel) = match outcome {
+        Outcome::Done {
+            status,
+            keep,
+            tunnel,
+        } => (Some(status), keep, tunnel),
+        Outcome::Aborted { status } => (status, false, false),
+        Outcome::Failed { status, why } => {
+            let mut out = Vec::with_capacity(200);
+            forward::local_response(
+                status,
+                "text/plain; charset=utf-8",
+                &[],
+                format!("{why}\n").as_bytes(),
+                true,
+                &mut out,
+            );
+            let _ = write_within(client, &out, idle).await;
+            (Some(status), false, false)
+        }
+    };
+    let m = &front.shared.metrics;
+    let route = &runtime.routes.routes[x.route].label;
+    let shard = shard_name.as_deref().unwrap_or("-");
+    m.requests
+        .with_label_values(&[route, &pool.name, shard, status_class(status)])
+        .inc();
+    if !tunnel && shard_name.is_some() {
+        m.upstream_latency
+            .with_label_values(&[&pool.name])
+            .observe(started.elapsed().as_secs_f64());
+    }
+    let _ = who;
+    keep
+}
+
+fn timed_out(front: &Front, kind: &str) {
+    front
+        .shared
+        .metrics
+        .timeouts
+        .with_label_values(&[kind])
+        .inc();
+}
+
+/// Bytes of the body at the start of `buf`, when all of it is there.
+fn whole_body(buf: &[u8], body: Body) -> Option<usize> {
+    match body {
+        Body::None => Some(0),
+        Body::Length(n) => (buf.len() as u64 >= n).then_some(n as usize),
+        Body::Chunked => {
+            let mut c = Chunked::default();
+            let n = c.feed(buf, |_| {}).ok()?;
+            c.is_done().then_some(n)
+        }
+        Body::Close => None,
+    }
+}
+
+/// This request's connection to its shard in its room's registry, until dropped.
+struct Registered<'a> {
+    pool: &'a crate::routing::Pool,
+    room: &'a str,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.pool.conn_closed(self.room, self.id);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy<C>(
+    front: &Front,
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    x: &Exchange,
+    whole: bool,
+    shard_name: &mut Option<Arc<str>>,
+    shutdown: &ShutdownWatch,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+{
+    let runtime = &x.runtime;
+    let pool = &runtime.pools[x.pool];
+    let t = &runtime.config.timeouts;
+    let mut failed = None;
+    let mut refusals = 0;
+    let mut fresh_only = false;
+    loop {
+        // Choose and connect.
+        let want = Wanted {
+            room: x.room.as_deref(),
+            instance: x.instance.as_ref(),
+            failed,
+        };
+        let shard = match choice::choose(&front.shared, pool, &want) {
+            Ok(s) => s,
+            Err(mut why) => {
+                if let (Some(name), true) = (shard_name.as_ref(), failed.is_some()) {
+                    why = format!("{why} (shard {name} refused the connection)");
+                }
+                return Outcome::Failed { status: 503, why };
+            }
+        };
+        *shard_name = Some(shard.name.clone());
+        let Some(addr) = shard.next_addr() else {
+            return Outcome::Failed {
+                status: 503,
+                why: format!(
+                    "shard {} of pool {} has no address right now",
+                    shard.name, pool.name
+                ),
+            };
+        };
+        let tls = front.shared.upstream_tls.load();
+        let identity = (!tls.is_empty()).then(|| tls.get(&*pool.name)).flatten();
+        let key = Key {
+            addr,
+            tls: identity.map(|i| (pool.name.clone(), i.material_hash())),
+        };
+        let kept = (!fresh_only && !x.websocket)
+            .then(|| front.shards.take(&key))
+            .flatten();
+        let reused = kept.is_some();
+        let mut conn = match kept {
+            Some(c) => c,
+            None => match front
+                .shards
+                .connect(addr, identity.map(|i| i.peer(addr)), t.connect)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = choice::refused(&front.shared, pool, &shard, &e);
+                    refusals += 1;
+                    if refusals >= 2 {
+                        return Outcome::Failed {
+                            status: 503,
+                            why: format!(
+                                "shard {} of pool {} is unreachable",
+                                shard.name, pool.name
+                            ),
+                        };
+                    }
+                    continue;
+                }
+            },
+        };
+        let close = Close::new();
+        let _registered = x.room.as_deref().map(|room| Registered {
+            pool,
+            room,
+            id: pool.conn_opened(room, shard.name.clone(), close.clone()),
+        });
+        // A kept-alive connection the shard closed meanwhile fails before any answer: then
+        // a request that can be sent again is, on a new connection.
+        let retry = reused && whole;
+        if let Err(e) = write_within(&mut conn, &x.head, t.idle).await {
+            if retry {
+                fresh_only = true;
+                continue;
+            }
+            debug!(shard = %shard.name, error = %e, "writing the request to the shard failed");
+            return Outcome::Failed {
+                status: 502,
+                why: format!("shard {} failed to answer", shard.name),
+            };
+        }
+        if !whole {
+            let go_on = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if x.expect_continue && write_within(client, go_on, t.idle).await.is_err() {
+                return Outcome::Aborted { status: None };
+            }
+            match copy_body(client, &mut conn, buf, Vec::new(), x.body, false, t.idle).await {
+                Ok(()) => {}
+                Err(Fail::Src(e)) => {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        timed_out(front, "request_body");
+                    }
+                    debug!(error = %e, "reading the request body from the client failed");
+                    return Outcome::Aborted { status: None };
+                }
+                Err(Fail::Framing(why)) => {
+                    debug!(why, "bad chunked request body");
+                    return Outcome::Failed {
+                        status: 400,
+                        why: "bad request body".into(),
+                    };
+                }
+                Err(Fail::Dst(e)) => {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        timed_out(front, "shard_write");
+                    }
+                    debug!(shard = %shard.name, error = %e, "sending the request body failed");
+                    return Outcome::Failed {
+                        status: 502,
+                        why: format!("shard {} failed to answer", shard.name),
+                    };
+                }
+            }
+        }
+        // The response head (interim ones passed on).
+        let mut rbuf: Vec<u8> = Vec::new();
+        let head = loop {
+            if !rbuf.is_empty() {
+                match response_head(&rbuf, x, shutdown) {
+                    Ok(Some(h)) if h.status < 200 && h.status != 101 => {
+                        rbuf.drain(..h.len);
+                        if write_within(client, &h.out, t.idle).await.is_err() {
+                            return Outcome::Aborted { status: None };
+                        }
+                        continue;
+                    }
+                    Ok(Some(h)) => break h,
+                    Ok(None) => {}
+                    Err(why) => {
+                        debug!(shard = %shard.name, why = why.0, "bad response from the shard");
+                        return Outcome::Failed {
+                            status: 502,
+                            why: format!("shard {} sent an invalid response", shard.name),
+                        };
+                    }
+                }
+            }
+            let read = tokio::select! {
+                r = read_some_within(&mut conn, &mut rbuf, MAX_HEAD + 1, t.idle) => r,
+                _ = close.0.notified() => {
+                    debug!(room = x.room.as_deref(), "request ended: its room moved to another shard");
+                    return Outcome::Aborted { status: None };
+                }
+            };
+            match read {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    timed_out(front, "response");
+                    return Outcome::Failed {
+                        status: 504,
+                        why: "shard timed out".into(),
+                    };
+                }
+                _ if retry && rbuf.is_empty() => break Head::retry(),
+                _ => {
+                    return Outcome::Failed {
+                        status: 502,
+                        why: format!("shard {} failed to answer", shard.name),
+                    }
+                }
+            }
+        };
+        if head.len == 0 {
+            fresh_only = true;
+            continue;
+        }
+        rbuf.drain(..head.len);
+        if head.websocket && x.websocket {
+            if write_within(client, &head.out, t.idle).await.is_err() {
+                return Outcome::Aborted { status: Some(101) };
+            }
+            let m = &front.shared.metrics;
+            m.tunnels_open.inc();
+            let early = (std::mem::take(buf), rbuf);
+            let end = tunnel::run(client, &mut conn, early, t.tunnel, &close.0).await;
+            m.tunnels_open.dec();
+            match end {
+                tunnel::End::Quiet => timed_out(front, "tunnel_quiet"),
+                tunnel::End::Stuck => timed_out(front, "tunnel_stuck"),
+                tunnel::End::Closed | tunnel::End::Moved => {}
+            }
+            debug!(?end, room = x.room.as_deref(), "tunnel ended");
+            return Outcome::Done {
+                status: 101,
+                keep: false,
+                tunnel: true,
+            };
+        }
+        if head.status == 101 {
+            // A switch the client did not ask for: nothing sane can follow.
+            return Outcome::Failed {
+                status: 502,
+                why: format!("shard {} switched protocols unasked", shard.name),
+            };
+        }
+        let dechunk = x.http10 && head.body == Body::Chunked;
+        return match copy_body(
+            &mut conn, client, &mut rbuf, head.out, head.body, dechunk, t.idle,
+        )
+        .await
+        {
+            Ok(()) => {
+                if head.shard_keeps && rbuf.is_empty() {
+                    front.shards.give(key, conn, t.keepalive);
+                }
+                Outcome::Done {
+                    status: head.status,
+                    keep: head.client_keeps,
+                    tunnel: false,
+                }
+            }
+            Err(e) => {
+                let (side, error) = match e {
+                    Fail::Src(e) => {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            timed_out(front, "response");
+                        }
+                        ("shard", e.to_string())
+                    }
+                    Fail::Dst(e) => {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            timed_out(front, "client_write");
+                        }
+                        ("client", e.to_string())
+                    }
+                    Fail::Framing(why) => ("shard", why.to_owned()),
+                };
+                debug!(side, %error, "response ended early");
+                Outcome::Aborted {
+                    status: Some(head.status),
+                }
+            }
+        };
+    }
+}
+
+/// A response head as passed on to the client.
+struct Head {
+    status: u16,
+    /// The head for the client.
+    out: Vec<u8>,
+    /// Its length in the shard's bytes (0: none came; send the request again).
+    len: usize,
+    body: Body,
+    shard_keeps: bool,
+    client_keeps: bool,
+    websocket: bool,
+}
+
+impl Head {
+    fn retry() -> Head {
+        Head {
+            status: 0,
+            out: Vec::new(),
+            len: 0,
+            body: Body::None,
+            shard_keeps: false,
+            client_keeps: false,
+            websocket: false,
+        }
+    }
+}
+
+fn response_head(
+    rbuf: &[u8],
+    x: &Exchange,
+    shutdown: &ShutdownWatch,
+) -> Result<Option<Head>, response::BadResponse> {
+    let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let Some(resp) = response::parse(rbuf, &mut storage, x.head_request)? else {
+        return Ok(None);
+    };
+    let dechunk = x.http10 && resp.body == Body::Chunked;
+    let client_keeps = x.keep_alive && resp.body != Body::Close && !dechunk && !*shutdown.borrow();
+    let to = ToClient {
+        keep_alive: client_keeps,
+        http10: x.http10,
+        dechunk,
+        cors_origin: x.cors_origin.as_deref(),
+    };
+    let mut out = Vec::with_capacity(resp.head_len + 64);
+    forward::response_head(&resp, &to, &mut out);
+    Ok(Some(Head {
+        status: resp.status,
+        out,
+        len: resp.head_len,
+        body: resp.body,
+        shard_keeps: resp.keep_alive,
+        client_keeps,
+        websocket: resp.websocket,
+    }))
+}
+
+/// Copies one body from `src` to `dst`, after writing `out` (a head) with its first bytes.
+/// `pre` holds bytes already read from `src`; those past the body stay there.
+async fn copy_body<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    pre: &mut Vec<u8>,
+    mut out: Vec<u8>,
+    body: Body,
+    dechunk: bool,
+    idle: Duration,
+) -> Result<(), Fail>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut left = match body {
+        Body::Length(n) => n,
+        _ => 0,
+    };
+    let mut chunked = Chunked::default();
+    let mut ranges = Vec::new();
+    loop {
+        let done = match body {
+            Body::None => true,
+            Body::Length(_) => {
+                let take = (left.min(pre.len() as u64)) as usize;
+                out.extend_from_slice(&pre[..take]);
+                pre.drain(..take);
+                left -= take as u64;
+                left == 0
+            }
+            Body::Chunked => {
+                ranges.clear();
+                let used = chunked
+                    .feed(pre, |r| {
+                        if dechunk {
+                            ranges.push(r)
+                        }
+                    })
+                    .map_err(|e| Fail::Framing(e.0))?;
+                if dechunk {
+                    for r in ranges.iter() {
+                        out.extend_from_slice(&pre[r.clone()]);
+                    }
+                } else {
+                    out.extend_from_slice(&pre[..used]);
+                }
+                pre.drain(..used);
+                chunked.is_done()
+            }
+            Body::Close => {
+                out.extend_from_slice(pre);
+                pre.clear();
+                false
+            }
+        };
+        if !out.is_empty() {
+            write_within(dst, &out, idle).await.map_err(Fail::Dst)?;
+            out.clear();
+        }
+        if done {
+            return Ok(());
+        }
+        let max = match body {
+            Body::Length(_) => left.min(SCRATCH as u64) as usize,
+            _ => SCRATCH,
+        };
+        match read_some_within(src, pre, max, idle).await {
+            Ok(0) if body == Body::Close => return Ok(()),
+            Ok(0) => return Err(Fail::Src(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(e) => return Err(Fail::Src(e)),
+        }
+    }
+}
