@@ -169,6 +169,12 @@ fn run(path: Option<PathBuf>, start: shardgate::server::Start) -> anyhow::Result
                 .unwrap_or_else(|_| "info,pingora_core=warn,pingora_proxy=warn".into()),
         )
         .init();
+    // Memory that follows connections, not huge pages: where transparent huge pages are on
+    // for every mapping (`always`, many kernels' default), the allocator's arenas were backed
+    // by 2 MiB pages as they grew, and RSS with them (see README "Sizing").
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off");
+    }
     // Every tunnel holds two sockets: raise the soft file limit to the hard one, as nginx's
     // worker_rlimit_nofile and HAProxy's automatic maxconn do.
     match rlimit::increase_nofile_limit(u64::MAX) {

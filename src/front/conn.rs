@@ -113,7 +113,7 @@ where
                         .inc();
                     let late =
                         Reject::new(408, "request_head_timeout", "request head took too long\n");
-                    let _ = reject(front, client, late, t.idle).await;
+                    let _ = Box::pin(reject(front, client, late, t.idle)).await;
                     return Served::Closed;
                 }
             }
@@ -122,19 +122,22 @@ where
         match step {
             Step::More => unreachable!("the loop above only ends on a complete head"),
             Step::Reject(r) => {
-                let _ = reject(front, client, r, t.idle).await;
+                let _ = Box::pin(reject(front, client, r, t.idle)).await;
                 return Served::Closed;
             }
             Step::HandOff => return Served::HandOff(buf),
             Step::Respond(local) => {
                 buf.drain(..local.head_len);
                 let keep = local.keep_alive && !*shutdown.borrow();
-                if respond(front, client, &local, keep, t.idle).await.is_err() || !keep {
+                let answered = Box::pin(respond(front, client, &local, keep, t.idle)).await;
+                if answered.is_err() || !keep {
                     return Served::Closed;
                 }
             }
             Step::Proxy(x) => {
-                let keep = exchange::run(front, client, &mut buf, *x, who, shutdown).await;
+                // Boxed: a connection waiting for its next request holds no exchange's state.
+                let keep =
+                    Box::pin(exchange::run(front, client, &mut buf, *x, who, shutdown)).await;
                 if !keep {
                     return Served::Closed;
                 }

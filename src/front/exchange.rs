@@ -84,9 +84,14 @@ where
     buf.drain(..x.head_len);
     // A body that came whole with the head goes in the same write.
     let whole = whole_body(buf, x.body);
+    let mut head = std::mem::take(&mut x.head);
     if let Some(n) = whole {
-        x.head.extend_from_slice(&buf[..n]);
+        head.extend_from_slice(&buf[..n]);
         buf.drain(..n);
+    }
+    if buf.is_empty() {
+        // Nothing pipelined: no buffer kept while the shard holds the request.
+        *buf = Vec::new();
     }
     let runtime = x.runtime.clone();
     let pool = &runtime.pools[x.pool];
@@ -97,6 +102,7 @@ where
         client,
         buf,
         &x,
+        &mut head,
         whole.is_some(),
         &mut shard_name,
         shutdown,
@@ -180,6 +186,7 @@ async fn proxy<C>(
     client: &mut C,
     buf: &mut Vec<u8>,
     x: &Exchange,
+    head: &mut Vec<u8>,
     whole: bool,
     shard_name: &mut Option<Arc<str>>,
     shutdown: &ShutdownWatch,
@@ -231,10 +238,13 @@ where
         let reused = kept.is_some();
         let mut conn = match kept {
             Some(c) => c,
-            None => match front
-                .shards
-                .connect(addr, identity.map(|i| i.peer(addr)), t.connect)
-                .await
+            // Boxed: the connect's state (about 2 KB) only lives while it connects.
+            None => match Box::pin(front.shards.connect(
+                addr,
+                identity.map(|i| i.peer(addr)),
+                t.connect,
+            ))
+            .await
             {
                 Ok(c) => c,
                 Err(e) => {
@@ -262,7 +272,7 @@ where
         // A kept-alive connection the shard closed meanwhile fails before any answer: then
         // a request that can be sent again is, on a new connection.
         let retry = reused && whole;
-        if let Err(e) = write_within(&mut conn, &x.head, t.idle).await {
+        if let Err(e) = write_within(&mut conn, head, t.idle).await {
             if retry {
                 fresh_only = true;
                 continue;
@@ -273,12 +283,27 @@ where
                 why: format!("shard {} failed to answer", shard.name),
             };
         }
+        if !retry {
+            // Sent, and never sent again: not kept while the shard holds the request.
+            *head = Vec::new();
+        }
         if !whole {
             let go_on = b"HTTP/1.1 100 Continue\r\n\r\n";
             if x.expect_continue && write_within(client, go_on, t.idle).await.is_err() {
                 return Outcome::Aborted { status: None };
             }
-            match copy_body(client, &mut conn, buf, Vec::new(), x.body, false, t.idle).await {
+            // Boxed, like the other long copies: a held request or a tunnel keeps only the
+            // state it waits in.
+            let copied = Box::pin(copy_body(
+                client,
+                &mut conn,
+                buf,
+                Vec::new(),
+                x.body,
+                false,
+                t.idle,
+            ));
+            match copied.await {
                 Ok(()) => {}
                 Err(Fail::Src(e)) => {
                     if e.kind() == io::ErrorKind::TimedOut {
@@ -308,7 +333,7 @@ where
         }
         // The response head (interim ones passed on).
         let mut rbuf: Vec<u8> = Vec::new();
-        let head = loop {
+        let resp = loop {
             if !rbuf.is_empty() {
                 match response_head(&rbuf, x, shutdown) {
                     Ok(Some(h)) if h.status < 200 && h.status != 101 => {
@@ -354,19 +379,22 @@ where
                 }
             }
         };
-        if head.len == 0 {
+        if resp.len == 0 {
             fresh_only = true;
             continue;
         }
-        rbuf.drain(..head.len);
-        if head.websocket && x.websocket {
-            if write_within(client, &head.out, t.idle).await.is_err() {
+        if retry {
+            *head = Vec::new();
+        }
+        rbuf.drain(..resp.len);
+        if resp.websocket && x.websocket {
+            if write_within(client, &resp.out, t.idle).await.is_err() {
                 return Outcome::Aborted { status: Some(101) };
             }
             let m = &front.shared.metrics;
             m.tunnels_open.inc();
             let early = (std::mem::take(buf), rbuf);
-            let end = tunnel::run(client, &mut conn, early, t.tunnel, &close.0).await;
+            let end = Box::pin(tunnel::run(client, &mut conn, early, t.tunnel, &close.0)).await;
             m.tunnels_open.dec();
             match end {
                 tunnel::End::Quiet => timed_out(front, "tunnel_quiet"),
@@ -380,26 +408,25 @@ where
                 tunnel: true,
             };
         }
-        if head.status == 101 {
+        if resp.status == 101 {
             // A switch the client did not ask for: nothing sane can follow.
             return Outcome::Failed {
                 status: 502,
                 why: format!("shard {} switched protocols unasked", shard.name),
             };
         }
-        let dechunk = x.http10 && head.body == Body::Chunked;
-        return match copy_body(
-            &mut conn, client, &mut rbuf, head.out, head.body, dechunk, t.idle,
-        )
-        .await
-        {
+        let dechunk = x.http10 && resp.body == Body::Chunked;
+        let copied = Box::pin(copy_body(
+            &mut conn, client, &mut rbuf, resp.out, resp.body, dechunk, t.idle,
+        ));
+        return match copied.await {
             Ok(()) => {
-                if head.shard_keeps && rbuf.is_empty() {
+                if resp.shard_keeps && rbuf.is_empty() {
                     front.shards.give(key, conn, t.keepalive);
                 }
                 Outcome::Done {
-                    status: head.status,
-                    keep: head.client_keeps,
+                    status: resp.status,
+                    keep: resp.client_keeps,
                     tunnel: false,
                 }
             }
@@ -421,7 +448,7 @@ where
                 };
                 debug!(side, %error, "response ended early");
                 Outcome::Aborted {
-                    status: Some(head.status),
+                    status: Some(resp.status),
                 }
             }
         };

@@ -49,34 +49,46 @@ impl Front {
             next = self.pingora.process_new(stream, shutdown).await;
         }
     }
-}
 
-#[async_trait]
-impl ServerApp for Front {
-    async fn process_new(
-        self: &Arc<Self>,
+    /// Serves one HTTP/1.1 connection to its end.
+    async fn serve(
+        self: Arc<Self>,
         mut stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let _slot = self.limit.serving();
-        if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            self.hand_off(stream, shutdown).await;
-            return None;
-        }
+        shutdown: ShutdownWatch,
+        _slot: limit::Slot,
+    ) {
         let who = conn::Client {
             ip: stream
                 .get_socket_digest()
                 .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip())),
             tls: stream.get_ssl_digest().is_some(),
         };
-        match conn::serve(self, &mut *stream, &who, shutdown).await {
-            conn::Served::Closed => None,
+        match conn::serve(&self, &mut *stream, &who, &shutdown).await {
+            conn::Served::Closed => {}
             conn::Served::HandOff(first) => {
                 let stream: Stream = Box::new(replay::Replay::new(stream, first));
-                self.hand_off(stream, shutdown).await;
-                None
+                Box::pin(self.hand_off(stream, &shutdown)).await;
             }
         }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let slot = self.limit.serving();
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            self.hand_off(stream, shutdown).await;
+            return None;
+        }
+        // A task of its own: pingora's task for the connection (about 9 KB, its TLS handshake's
+        // state included) ends here, and a waiting connection costs only what it needs.
+        tokio::spawn(self.clone().serve(stream, shutdown.clone(), slot));
+        None
     }
 
     async fn cleanup(&self) {

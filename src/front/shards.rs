@@ -109,8 +109,8 @@ impl Shards {
             Some(mut peer) => {
                 peer.options.connection_timeout = Some(limit);
                 peer.options.total_connection_timeout = Some(limit * 2);
-                self.tls
-                    .new_stream(&peer)
+                // Boxed: its state (about 10 KB) only lives while it connects.
+                Box::pin(self.tls.new_stream(&peer))
                     .await
                     .map(ShardConn::Tls)
                     .map_err(|e| e.to_string())

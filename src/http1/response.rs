@@ -60,9 +60,15 @@ pub fn parse<'b>(
             lengths += 1;
             length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let before = codings;
             for coding in tokens::list(h.value) {
                 codings += 1;
                 chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+            if codings == before {
+                // No coding named: not chunked, so the body runs to the close.
+                codings += 1;
+                chunked = false;
             }
         } else if h.name.eq_ignore_ascii_case("connection") {
             close |= tokens::has(h.value, "close");
@@ -121,6 +127,8 @@ mod tests {
         assert_eq!(framing(te, false), Ok((Body::Chunked, true)));
         let gz = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n";
         assert_eq!(framing(gz, false), Ok((Body::Close, false)));
+        let empty = "HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(framing(empty, false), Ok((Body::Close, false)));
         let none = "HTTP/1.1 200 OK\r\n\r\n";
         assert_eq!(framing(none, false), Ok((Body::Close, false)));
         for s in ["204 No Content", "304 Not Modified", "100 Continue"] {
