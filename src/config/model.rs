@@ -134,7 +134,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_header_bytes: 32 * 1024,
-            max_connections: 50_000,
+            max_connections: 20_000,
             max_room_bytes: 256,
         }
     }

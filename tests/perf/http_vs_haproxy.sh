@@ -274,6 +274,8 @@ cat >"$TMP/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn $HAPROXY_MAXCONN
+    # Room for MODE=headers (the default, 101, counts the request line's too).
+    tune.http.maxhdr 128
 
 defaults
     mode http
@@ -411,8 +413,14 @@ median() {
         END { if (NR % 2) printf "%.1f\n", a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
+CLK_TCK=$(getconf CLK_TCK)
+# utime + stime of a process and its threads, in clock ticks.
+cpu_ticks_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 HAPROXY_RPS=()
 HAPROXY_P99=()
+HAPROXY_CPU=()
+SHARDGATE_CPU=()
 SHARDGATE_RPS=()
 SHARDGATE_P99=()
 
@@ -425,8 +433,11 @@ measure() {
         run_wrk "$TMP/wrk-$name-$round-warmup.txt" "$port" "$WARMUP" "$WARMUP_SECS"
     fi
     out="$TMP/wrk-$name-$round.txt"
+    local cpu0 cpu1 reqs
+    cpu0=$(cpu_ticks_of "$pid")
     run_wrk "$out" "$port" "$DURATION" "$DURATION_SECS"
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$TMP/$name.log" >&2; die "$name died during round $round"; }
+    cpu1=$(cpu_ticks_of "$pid")
 
     rps=$(awk '$1 == "Requests/sec:" { print $2 }' "$out")
     p99_raw=$(awk '$1 == "99%" { print $2 }' "$out")
@@ -435,7 +446,12 @@ measure() {
         die "could not parse wrk output for $name round $round"
     fi
     p99=$(to_us "$p99_raw") || { cat "$out" >&2; die "could not parse p99 '$p99_raw'"; }
-    echo "$name round $round: $rps req/s p99 $p99 us"
+    reqs=$(awk '/requests in/ { print $1 }' "$out")
+    # CPU time of the proxy per request (user + system), in microseconds: what the proxy costs,
+    # whether or not the load generator's core was the limit.
+    local cpu_us
+    cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+    echo "$name round $round: $rps req/s p99 $p99 us, $cpu_us us CPU per request"
 
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $NF }' "$out")
     sockerr=$(grep 'Socket errors:' "$out" || true)
@@ -459,9 +475,11 @@ measure() {
     if [ "$name" = haproxy ]; then
         HAPROXY_RPS+=("$rps")
         HAPROXY_P99+=("$p99")
+        HAPROXY_CPU+=("$cpu_us")
     else
         SHARDGATE_RPS+=("$rps")
         SHARDGATE_P99+=("$p99")
+        SHARDGATE_CPU+=("$cpu_us")
     fi
 }
 
@@ -475,10 +493,15 @@ H_RPS=$(median "${HAPROXY_RPS[@]}")
 H_P99=$(median "${HAPROXY_P99[@]}")
 S_RPS=$(median "${SHARDGATE_RPS[@]}")
 S_P99=$(median "${SHARDGATE_P99[@]}")
-printf 'haproxy: %s req/s, p99 %.0f us\n' "$H_RPS" "$H_P99"
-printf 'shardgate: %s req/s, p99 %.0f us\n' "$S_RPS" "$S_P99"
+H_CPU=$(median "${HAPROXY_CPU[@]}")
+S_CPU=$(median "${SHARDGATE_CPU[@]}")
+printf 'haproxy: %s req/s, p99 %.0f us, %s us CPU per request\n' "$H_RPS" "$H_P99" "$H_CPU"
+printf 'shardgate: %s req/s, p99 %.0f us, %s us CPU per request\n' "$S_RPS" "$S_P99" "$S_CPU"
 echo "reproduce: MODE=$MODE CONNECTIONS=$CONNECTIONS DURATION=$DURATION ROUNDS=$ROUNDS WRK_THREADS=$WRK_THREADS WARMUP=$WARMUP ROOMS=$ROOMS PROXY_CPU=$PROXY_CPU LOAD_CPU=$LOAD_CPU SHARDGATE=$SHARDGATE tests/perf/http_vs_haproxy.sh"
 echo "  (each run: taskset -c $LOAD_CPU wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --timeout 5s --latency -s rooms.lua $SCHEME://$HOST:<$HAPROXY_PORT|$SHARDGATE_PORT>/)"
+# When the load generator's core is the limit both proxies serve about the same rate: the CPU
+# each spent per request says which is cheaper.
+awk -v s="$S_CPU" -v h="$H_CPU" 'BEGIN { printf "cpu ratio: %.2f (haproxy/shardgate CPU per request; 1.00 or more is no costlier)\n", (s > 0 ? h / s : 0) }'
 # p99 no worse than HAProxy's is part of the target; say how they compare.
 awk -v s="$S_P99" -v h="$H_P99" 'BEGIN { printf "p99 ratio: %.2f (shardgate/haproxy; 1.00 or less is no worse)\n", (h > 0 ? s / h : 0) }'
 awk -v s="$S_RPS" -v h="$H_RPS" 'BEGIN { printf "ratio: %.2f\n", (h > 0 ? s / h : 0) }'
