@@ -16,7 +16,8 @@ pub struct Shared {
     pub generation: tokio::sync::watch::Sender<u64>,
     /// Where the config comes from and how its last reload went (admin and reloads only).
     pub reload: Mutex<ReloadStatus>,
-    /// Requests being served now, open tunnels included (see [`InFlight`]).
+    /// Requests being served now, open tunnels included, and HTTP/1.1 client connections
+    /// (see [`InFlight`]): the process exits after a shutdown once it is 0.
     pub in_flight: std::sync::atomic::AtomicI64,
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     pub shutting_down: std::sync::atomic::AtomicBool,

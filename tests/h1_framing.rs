@@ -332,3 +332,26 @@ async fn a_kept_alive_connection_its_shard_closed_is_retried_on_a_new_one() {
         .unwrap();
     assert_eq!(posted.status(), 200);
 }
+
+#[tokio::test]
+async fn answers_made_at_the_edge_have_no_body_for_head() {
+    let shard = RawShard::start().await;
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}[[pool]]\nname = \"p\"\nshards.list = [{{ name = \"s\", addrs = [\"{}\"] }}]\n[[route]]\npath_prefix = \"/about/health\"\nrespond = {{ status = 200, body = \"fine\" }}\n[[route]]\npath_prefix = \"/\"\npool = \"p\"\n",
+        shard.addr
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    let out = exchange(
+        sg.http,
+        b"HEAD /about/health HTTP/1.1\r\nHost: a\r\n\r\nGET /about/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let (first, second) = out.split_at(out.rfind("HTTP/1.1 200").unwrap());
+    assert!(
+        first.contains("Content-Length: 4") && first.ends_with("\r\n\r\n"),
+        "{out:?}"
+    );
+    assert!(second.ends_with("\r\n\r\nfine"), "{out:?}");
+}

@@ -19,6 +19,11 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+/// How long an idle connection is kept once the process shuts down or hands over: shorter
+/// than the wait before pingora's clean-up (`server::LINGER`, 2 s), after which the runtime
+/// and any connection still on it are dropped.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// What the connection is.
 pub struct Client {
     pub ip: Option<IpAddr>,
@@ -51,6 +56,8 @@ pub struct Local {
     keep_alive: bool,
     route: Arc<str>,
     reason: Option<&'static str>,
+    /// The request was HEAD: the head only (Content-Length still says the body's size).
+    head_only: bool,
 }
 
 pub async fn serve<C>(
@@ -85,16 +92,20 @@ where
                     step => break step,
                 }
             }
+            // Shutting down: an idle connection still gets LINGER for a request already on its
+            // way (answered with Connection: close), then closes; closing it at once would
+            // fail a request the client sent in the same instant.
+            let stopping = *shutdown.borrow();
             let wait = match head_deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
-                None if *shutdown.borrow() => return Served::Closed,
+                None if stopping => LINGER.min(t.keepalive),
                 None => t.keepalive,
             };
             let mut stop = shutdown.clone();
             let room = max_head + 1 - buf.len().min(max_head);
             let read = tokio::select! {
                 r = tokio::time::timeout(wait, read_some(client, &mut buf, room)) => r,
-                _ = stop.changed(), if head_deadline.is_none() => return Served::Closed,
+                _ = stop.changed(), if head_deadline.is_none() && !stopping => continue,
             };
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return Served::Closed,
@@ -201,6 +212,9 @@ where
         !keep,
         &mut out,
     );
+    if local.head_only {
+        out.truncate(out.len() - local.body.len());
+    }
     write_within(client, &out, limit).await
 }
 
@@ -220,7 +234,21 @@ fn text(
         keep_alive: true,
         route: route.clone(),
         reason,
+        head_only: false,
     })
+}
+
+/// A local answer as this request can take it: the connection kept only if the client allows
+/// it and no body of its is still to come; no body for HEAD.
+fn for_request(step: Step, req: &request::Request) -> Step {
+    match step {
+        Step::Respond(mut l) => {
+            l.keep_alive &= req.keep_alive && req.body == crate::http1::Body::None;
+            l.head_only = req.is_head();
+            Step::Respond(l)
+        }
+        other => other,
+    }
 }
 
 /// Decides what a request gets, from the head at the start of `buf` (pure but for the
@@ -235,28 +263,17 @@ pub fn decide(front: &Front, runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -
     };
     let none: Arc<str> = Arc::from("-");
     let Some(route_index) = runtime.routes.find(req.host, req.path) else {
-        let mut step = text(
+        let step = text(
             404,
             "no route for this host and path\n",
             req.head_len,
             &none,
             Some("no_route"),
         );
-        if let Step::Respond(l) = &mut step {
-            l.keep_alive = req.keep_alive && req.body == crate::http1::Body::None;
-        }
-        return step;
+        return for_request(step, &req);
     };
     let route = &runtime.routes.routes[route_index];
-    // A request answered here with a body still to come closes the connection after.
-    let bodiless = req.body == crate::http1::Body::None;
-    let local = |step: Step| match step {
-        Step::Respond(mut l) => {
-            l.keep_alive &= req.keep_alive && bodiless;
-            Step::Respond(l)
-        }
-        other => other,
-    };
+    let local = |step: Step| for_request(step, &req);
     let cors_req = CorsRequest {
         options: req.method == "OPTIONS",
         origin: req.header("origin"),
@@ -277,6 +294,7 @@ pub fn decide(front: &Front, runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -
                 keep_alive: true,
                 route: route.label.clone(),
                 reason: None,
+                head_only: false,
             }))
         }
         CorsDecision::Refuse => {
@@ -300,6 +318,7 @@ pub fn decide(front: &Front, runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -
                 keep_alive: true,
                 route: route.label.clone(),
                 reason: None,
+                head_only: false,
             }))
         }
         Action::Sfu => return Step::HandOff,

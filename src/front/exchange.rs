@@ -117,14 +117,12 @@ where
         Outcome::Aborted { status } => (status, false, false),
         Outcome::Failed { status, why } => {
             let mut out = Vec::with_capacity(200);
-            forward::local_response(
-                status,
-                "text/plain; charset=utf-8",
-                &[],
-                format!("{why}\n").as_bytes(),
-                true,
-                &mut out,
-            );
+            let body = format!("{why}\n");
+            let plain = "text/plain; charset=utf-8";
+            forward::local_response(status, plain, &[], body.as_bytes(), true, &mut out);
+            if x.head_request {
+                out.truncate(out.len() - body.len());
+            }
             let _ = write_within(client, &out, idle).await;
             (Some(status), false, false)
         }

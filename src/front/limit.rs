@@ -97,11 +97,6 @@ impl std::fmt::Debug for Filter {
 #[async_trait]
 impl pingora::listeners::ConnectionFilter for Filter {
     async fn should_accept(&self, _addr: Option<&SocketAddr>) -> bool {
-        // Let the connection accepted last start before taking the next: pingora's task for a
-        // new connection (about 9 KB with its handshake's state) then ends at once (see
-        // `Front::process_new`), instead of thousands of them waiting behind a burst of
-        // accepts and leaving their memory to the allocator afterwards.
-        tokio::task::yield_now().await;
         let max = || self.shared.runtime.load().config.limits.max_connections;
         if self.limit.admit(max).await {
             self.shared.metrics.connections_limited.inc();

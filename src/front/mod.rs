@@ -57,6 +57,9 @@ impl Front {
         shutdown: ShutdownWatch,
         _slot: limit::Slot,
     ) {
+        // The process does not exit under an open connection: after a shutdown or hand-over an
+        // idle one closes within its linger, and one that got a request first answers it.
+        let _open = crate::state::InFlight::new(self.shared.clone());
         let who = conn::Client {
             ip: stream
                 .get_socket_digest()
