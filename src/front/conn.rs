@@ -87,7 +87,7 @@ where
         });
         let step = loop {
             if !buf.is_empty() {
-                match decide(front, &runtime, &buf, who) {
+                match decide(&runtime, &buf, who) {
                     Step::More => {}
                     step => break step,
                 }
@@ -147,8 +147,7 @@ where
             }
             Step::Proxy(x) => {
                 // Boxed: a connection waiting for its next request holds no exchange's state.
-                let keep =
-                    Box::pin(exchange::run(front, client, &mut buf, *x, who, shutdown)).await;
+                let keep = Box::pin(exchange::run(front, client, &mut buf, *x, shutdown)).await;
                 if !keep {
                     return Served::Closed;
                 }
@@ -253,7 +252,7 @@ fn for_request(step: Step, req: &request::Request) -> Step {
 
 /// Decides what a request gets, from the head at the start of `buf` (pure but for the
 /// placement a room choice may make later, in the exchange).
-pub fn decide(front: &Front, runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -> Step {
+pub fn decide(runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -> Step {
     let limits = &runtime.config.limits;
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let req = match request::parse(buf, &mut storage, limits.max_header_bytes) {
@@ -261,13 +260,12 @@ pub fn decide(front: &Front, runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -
         Err(r) => return Step::Reject(r),
         Ok(Some(req)) => req,
     };
-    let none: Arc<str> = Arc::from("-");
     let Some(route_index) = runtime.routes.find(req.host, req.path) else {
         let step = text(
             404,
             "no route for this host and path\n",
             req.head_len,
-            &none,
+            &Arc::from("-"),
             Some("no_route"),
         );
         return for_request(step, &req);
@@ -361,7 +359,6 @@ pub fn decide(front: &Front, runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -
         path: route.upstream_path(req.path),
     };
     forward::request_head(&req, &fwd, &mut head);
-    let _ = front;
     Step::Proxy(Box::new(Exchange {
         runtime: runtime.clone(),
         route: route_index,

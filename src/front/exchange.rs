@@ -4,7 +4,6 @@
 //! whose body came whole with its head is sent in one write and, if a kept-alive connection
 //! turns out closed by its shard before answering, sent again on a new one.
 
-use super::conn::Client;
 use super::io::{read_some_within, write_within, SCRATCH};
 use super::shards::Key;
 use super::tunnel::{self, Close};
@@ -73,7 +72,6 @@ pub async fn run<C>(
     client: &mut C,
     buf: &mut Vec<u8>,
     mut x: Exchange,
-    who: &Client,
     shutdown: &ShutdownWatch,
 ) -> bool
 where
@@ -138,7 +136,6 @@ where
             .with_label_values(&[&pool.name])
             .observe(started.elapsed().as_secs_f64());
     }
-    let _ = who;
     keep
 }
 
