@@ -16,8 +16,11 @@ pub struct Metrics {
     pub tunnels_open: IntGauge,
     /// Client connections counted against `limits.max_connections` (set every few seconds).
     pub connections_open: IntGauge,
-    /// Times a listener stopped accepting because `limits.max_connections` was reached.
+    /// Times a listener stopped accepting because `limits.max_connections` was reached (or
+    /// the process ran out of file descriptors).
     pub connections_limited: prometheus::IntCounter,
+    /// Client TLS handshakes that failed (bad or no ClientHello, no shared cipher, reset).
+    pub tls_handshake_errors: prometheus::IntCounter,
     /// Connections closed by a deadline, by what was late (`request_head`, `client_write`,
     /// `shard_write`, `response`, `tunnel_quiet`, `tunnel_stuck`).
     pub timeouts: IntCounterVec,
@@ -134,11 +137,19 @@ impl Metrics {
             .expect("unique metric");
         let connections_limited = prometheus::IntCounter::new(
             "shardgate_connections_limited_total",
-            "Times the listeners stopped accepting at limits.max_connections",
+            "Times the listeners stopped accepting at limits.max_connections or out of descriptors",
         )
         .expect("valid metric");
         registry
             .register(Box::new(connections_limited.clone()))
+            .expect("unique metric");
+        let tls_handshake_errors = prometheus::IntCounter::new(
+            "shardgate_tls_handshake_errors_total",
+            "Client TLS handshakes that failed",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_handshake_errors.clone()))
             .expect("unique metric");
         let timeouts = counter(
             "shardgate_timeouts_total",
@@ -299,6 +310,7 @@ impl Metrics {
             tunnels_open,
             connections_open,
             connections_limited,
+            tls_handshake_errors,
             timeouts,
             rejected,
             connect_failures,

@@ -6,7 +6,8 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::discovery::health;
 use crate::discovery::resolver::{self, Plan};
-use crate::front::limit::{Filter, Limit};
+use crate::front::limit::Limit;
+use crate::front::listen::{Endpoint, Listeners, LINGER};
 use crate::front::shards::Shards;
 use crate::front::Front;
 use crate::proxy::Edge;
@@ -17,10 +18,6 @@ use crate::runtime::Runtime;
 use crate::state::Shared;
 use crate::tls::{CertFiles, CertStore};
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::ListenerConfig;
-use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -100,18 +97,10 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
         limit.clone(),
         shards.clone(),
     );
-    let mut proxy = Service::new("shardgate edge".to_owned(), Lingering(Arc::new(front)));
-    proxy.set_connection_filter(Arc::new(Filter {
-        limit: limit.clone(),
-        shared: shared.clone(),
-    }));
-    // No read buffer per connection: the HTTP/1.1 path reads through a per-thread scratch
-    // buffer, so a waiting connection holds none (see `crate::front::io`).
-    let unbuffered = pingora::listeners::L4BufferSettings::unbuffered();
+    let mut endpoints = Vec::new();
     for l in &listeners {
-        let addr = l.addr.to_string();
-        match &l.tls {
-            None => proxy.add_listener(ListenerConfig::tcp(&addr).l4_buffer(unbuffered)),
+        let tls = match &l.tls {
+            None => None,
             Some(tls) => {
                 let files = |cert: &std::path::Path, key: &std::path::Path| CertFiles {
                     cert: cert.to_owned(),
@@ -124,20 +113,15 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(store.clone());
-                let mut settings = TlsSettings::intermediate("", "")
-                    .map_err(|e| format!("TLS settings for {addr}: {e}"))?;
-                settings.set_cert_resolver(store);
-                settings.set_alpn(if tls.h2 { ALPN::H2H1 } else { ALPN::H1 });
-                proxy.add_listener(
-                    ListenerConfig::tcp(&addr)
-                        .tls(settings)
-                        .l4_buffer(unbuffered),
-                );
+                let config = crate::tls::server_config(store, tls.h2)
+                    .map_err(|e| format!("TLS for {}: {e}", l.addr))?;
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
             }
-        }
+        };
+        endpoints.push(Endpoint { addr: l.addr, tls });
         info!(addr = %l.addr, tls = l.tls.is_some(), "listening");
     }
-    server.add_service(proxy);
+    server.add_service(Listeners::new(Arc::new(front), endpoints));
 
     if let Some(addr) = admin_addr {
         let mut admin = Service::new("shardgate admin".to_owned(), Admin::new(shared.clone()));
@@ -490,34 +474,8 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// How long connections accepted before the listeners closed have to send their request.
-/// pingora drops every connection still waiting for a request when its proxy is cleaned up, so
-/// one accepted a moment before the listeners closed, whose request was still on its way, would
-/// be closed unanswered; the clean-up waits this long (see [`Lingering`]).
-const LINGER: Duration = Duration::from_secs(2);
-
 /// How long pingora keeps accepting after handing its listeners to a new process.
 const HANDOVER_ACCEPT: Duration = Duration::from_secs(5);
-
-/// The proxy app, with its clean-up (which drops connections waiting for a request) put off by
-/// [`LINGER`] after the listeners close.
-struct Lingering<A>(Arc<A>);
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Lingering<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        session: pingora::protocols::Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<pingora::protocols::Stream> {
-        self.0.process_new(session, shutdown).await
-    }
-
-    async fn cleanup(&self) {
-        tokio::time::sleep(LINGER).await;
-        self.0.cleanup().await;
-    }
-}
 
 /// Once the listeners have closed (`after` from now) and connections accepted before had their
 /// [`LINGER`], exits as soon as no request or tunnel is in flight, rather than sitting out the

@@ -227,6 +227,25 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
+/// The listeners' rustls settings: TLS 1.2 and 1.3 (as pingora's), certificates from `store`
+/// (chosen by SNI), ALPN `h2` first when `h2`, else HTTP/1.1 only.
+pub fn server_config(
+    store: Arc<CertStore>,
+    h2: bool,
+) -> Result<rustls::ServerConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,6 +155,72 @@ async fn untrusted_certificate_is_refused_by_the_client() {
     assert_eq!(backend.requests(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_garbled_tls_handshakes_are_closed_and_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start("shard-0").await;
+    let (cert, key) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
+    let (http, admin) = fresh_addrs();
+    let mut config = tls_config(http, admin, &cert_path, &key_path, "", Some(&backend));
+    config += "[timeouts]\nrequest_head = \"1s\"\n";
+    let path = dir.path().join("shardgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let sg = Shardgate::start_file(path, dir, http, admin);
+
+    let start = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        stalled.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+            if i % 2 == 1 {
+                // The start of a ClientHello record announcing 512 bytes, never finished.
+                s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+                    .await
+                    .unwrap();
+            }
+            let mut buf = [0u8; 64];
+            // Closed by the edge: end of stream or a reset, within the deadline.
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+            matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+        }));
+    }
+    // Plain HTTP to the TLS port is not a handshake.
+    let mut garbled = tokio::net::TcpStream::connect(http).await.unwrap();
+    garbled
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(5), garbled.read(&mut buf)).await;
+
+    // A real client is served meanwhile.
+    let c = tls_client(&cert, sg.http, true);
+    let url = format!("https://localhost:{}/http-bind?room=tls", sg.http.port());
+    assert_eq!(get_version(&c, &url).await.1, 200);
+    for t in stalled {
+        assert!(t.await.unwrap(), "a stalled handshake was closed");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let metrics = client()
+        .get(sg.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timeouts = metric(&metrics, "shardgate_timeouts_total{kind=\"tls_handshake\"}");
+    assert_eq!(timeouts, Some(20), "{metrics}");
+    let errors = metric(&metrics, "shardgate_tls_handshake_errors_total").unwrap_or(0);
+    assert!(errors >= 1, "{metrics}");
+}
+
 /// Runs `shardgate check` on a config whose TLS files are `cert`/`key`.
 fn check_tls(dir: &Path, cert: &Path, key: &Path) -> (i32, String, String) {
     let (http, admin) = fresh_addrs();

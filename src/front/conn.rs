@@ -4,7 +4,7 @@
 //! (the SFU's routes). Between requests the connection holds no buffer.
 
 use super::exchange::{self, Exchange};
-use super::io::{read_some, write_within};
+use super::io::{poll_read_with, read_some, write_within};
 use super::Front;
 use crate::http1::{forward, request, Reject, MAX_HEADERS};
 use crate::metrics::status_class;
@@ -12,9 +12,11 @@ use crate::proxy::cors::{self, CorsDecision, CorsRequest};
 use crate::routing::{find_instance, path_segment, room_key, Action};
 use crate::runtime::Runtime;
 use pingora::server::ShutdownWatch;
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
@@ -60,103 +62,205 @@ pub struct Local {
     head_only: bool,
 }
 
+/// Serves the connection accepted at `accepted` (its first request head is due
+/// `timeouts.request_head` after that, a TLS handshake included).
 pub async fn serve<C>(
     front: &Front,
     client: &mut C,
     who: &Client,
+    accepted: Instant,
     shutdown: &ShutdownWatch,
 ) -> Served
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
 {
     let mut buf: Vec<u8> = Vec::new();
-    let mut first = true;
-    let accepted = Instant::now();
+    // When the head of the request being waited for started to be due: the first one's from
+    // the connection, a later one's from its first byte.
+    let mut due = Some(accepted);
     loop {
-        let runtime = front.shared.runtime.load_full();
-        let t = &runtime.config.timeouts;
-        let max_head = runtime.config.limits.max_header_bytes;
-        // The head's deadline runs from the connection (first request) or from the first byte
-        // of the next one; before that byte, the keep-alive timeout applies.
-        let mut head_deadline = (first || !buf.is_empty()).then(|| {
-            if first {
-                accepted + t.request_head
-            } else {
-                Instant::now() + t.request_head
-            }
-        });
-        let step = loop {
-            if !buf.is_empty() {
-                match decide(&runtime, &buf, who) {
-                    Step::More => {}
-                    step => break step,
-                }
-            }
-            // Shutting down: an idle connection still gets LINGER for a request already on its
-            // way (answered with Connection: close), then closes; closing it at once would
-            // fail a request the client sent in the same instant.
-            let stopping = *shutdown.borrow();
-            let wait = match head_deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()),
-                None if stopping => LINGER.min(t.keepalive),
-                None => t.keepalive,
-            };
-            let mut stop = shutdown.clone();
-            let room = max_head + 1 - buf.len().min(max_head);
-            let read = tokio::select! {
-                r = tokio::time::timeout(wait, read_some(client, &mut buf, room)) => r,
-                _ = stop.changed(), if head_deadline.is_none() && !stopping => continue,
-            };
-            match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return Served::Closed,
-                Ok(Ok(_)) => {
-                    if head_deadline.is_none() {
-                        head_deadline = Some(Instant::now() + t.request_head);
-                    }
-                }
-                Err(_) if head_deadline.is_none() => return Served::Closed,
-                Err(_) => {
-                    front
-                        .shared
-                        .metrics
-                        .timeouts
-                        .with_label_values(&["request_head"])
-                        .inc();
-                    let late =
-                        Reject::new(408, "request_head_timeout", "request head took too long\n");
-                    let _ = Box::pin(reject(front, client, late, t.idle)).await;
+        if buf.is_empty() {
+            match wait(front, client, &mut buf, due, shutdown).await {
+                Waited::Bytes => {}
+                Waited::Closed => return Served::Closed,
+                Waited::Late => {
+                    let _ = Box::pin(late(front, client)).await;
                     return Served::Closed;
                 }
             }
-        };
-        first = false;
-        match step {
-            Step::More => unreachable!("the loop above only ends on a complete head"),
-            Step::Reject(r) => {
-                let _ = Box::pin(reject(front, client, r, t.idle)).await;
+        }
+        let started = due.take().unwrap_or_else(Instant::now);
+        // Boxed: a connection waiting for its next request holds none of this state.
+        match Box::pin(request(front, client, &mut buf, who, started, shutdown)).await {
+            Next::Again => {}
+            Next::Closed => return Served::Closed,
+            Next::HandOff => return Served::HandOff(buf),
+            Next::Tunnel(t) => {
+                // Boxed, and after the request's state is freed: an open tunnel holds only
+                // its sockets, its timer and what a side did not take yet.
+                Box::pin(t.run(front, client)).await;
                 return Served::Closed;
-            }
-            Step::HandOff => return Served::HandOff(buf),
-            Step::Respond(local) => {
-                buf.drain(..local.head_len);
-                let keep = local.keep_alive && !*shutdown.borrow();
-                let answered = Box::pin(respond(front, client, &local, keep, t.idle)).await;
-                if answered.is_err() || !keep {
-                    return Served::Closed;
-                }
-            }
-            Step::Proxy(x) => {
-                // Boxed: a connection waiting for its next request holds no exchange's state.
-                let keep = Box::pin(exchange::run(front, client, &mut buf, *x, shutdown)).await;
-                if !keep {
-                    return Served::Closed;
-                }
             }
         }
         if buf.is_empty() && buf.capacity() > 0 {
             buf = Vec::new();
         }
     }
+}
+
+enum Waited {
+    Bytes,
+    Closed,
+    /// The first request's head did not start within `request_head`.
+    Late,
+}
+
+/// Waits for the first bytes of a request: `request_head` from `due` when given, else the
+/// keep-alive timeout. This is the state an idle connection sleeps in: keep it small.
+async fn wait<C>(
+    front: &Front,
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    due: Option<Instant>,
+    shutdown: &ShutdownWatch,
+) -> Waited
+where
+    C: AsyncRead + Unpin + ?Sized,
+{
+    loop {
+        let (keepalive, request_head, max_head) = {
+            let runtime = front.shared.runtime.load();
+            let c = &runtime.config;
+            (
+                c.timeouts.keepalive,
+                c.timeouts.request_head,
+                c.limits.max_header_bytes,
+            )
+        };
+        // Registered before the check below, so a shutdown in between still wakes it.
+        let stop = front.stopping.notified();
+        // Shutting down: an idle connection still gets LINGER for a request already on its
+        // way (answered with Connection: close), then closes; closing it at once would fail
+        // a request the client sent in the same instant.
+        let stopping = *shutdown.borrow();
+        let wait = match due {
+            Some(t) => (t + request_head).saturating_duration_since(Instant::now()),
+            None if stopping => LINGER.min(keepalive),
+            None => keepalive,
+        };
+        let watch = due.is_none() && !stopping;
+        // One poll function over the read, the timer and the shutdown (smaller than
+        // `select!` over `timeout` and the watch's `changed`).
+        let mut stop = std::pin::pin!(stop);
+        let mut timer = std::pin::pin!(tokio::time::sleep(wait));
+        let got = std::future::poll_fn(|cx| {
+            let read = poll_read_with(client, cx, max_head + 1, |data, _| {
+                buf.extend_from_slice(data);
+                data.len()
+            });
+            if let Poll::Ready(r) = read {
+                return Poll::Ready(Some(r));
+            }
+            if watch && stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(io::ErrorKind::TimedOut.into()))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        return match got {
+            None => continue,
+            Some(Ok(0)) => Waited::Closed,
+            Some(Ok(_)) => Waited::Bytes,
+            Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut && due.is_some() => Waited::Late,
+            Some(Err(_)) => Waited::Closed,
+        };
+    }
+}
+
+/// What follows a request.
+enum Next {
+    /// Wait for the next request on this connection.
+    Again,
+    Closed,
+    /// The rest belongs to pingora's HTTP service.
+    HandOff,
+    /// A WebSocket tunnel, the last use of the connection.
+    Tunnel(Box<exchange::Tunnel>),
+}
+
+/// Reads the rest of a request's head (due `request_head` after `started`), decides, and
+/// answers, proxies or hands the request over.
+async fn request<C>(
+    front: &Front,
+    client: &mut C,
+    buf: &mut Vec<u8>,
+    who: &Client,
+    started: Instant,
+    shutdown: &ShutdownWatch,
+) -> Next
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+{
+    let runtime = front.shared.runtime.load_full();
+    let t = &runtime.config.timeouts;
+    let max_head = runtime.config.limits.max_header_bytes;
+    let deadline = started + t.request_head;
+    let step = loop {
+        match decide(&runtime, buf, who) {
+            Step::More => {}
+            step => break step,
+        }
+        let room = max_head + 1 - buf.len().min(max_head);
+        match tokio::time::timeout_at(deadline, read_some(client, buf, room)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                let _ = late(front, client).await;
+                return Next::Closed;
+            }
+        }
+    };
+    match step {
+        Step::More => unreachable!("the loop above only ends on a complete head"),
+        Step::Reject(r) => {
+            let _ = reject(front, client, r, t.idle).await;
+            Next::Closed
+        }
+        Step::HandOff => Next::HandOff,
+        Step::Respond(local) => {
+            buf.drain(..local.head_len);
+            let keep = local.keep_alive && !*shutdown.borrow();
+            let answered = respond(front, client, &local, keep, t.idle).await;
+            if answered.is_err() || !keep {
+                return Next::Closed;
+            }
+            Next::Again
+        }
+        Step::Proxy(x) => match exchange::run(front, client, buf, *x, shutdown).await {
+            exchange::Ended::Keep(true) => Next::Again,
+            exchange::Ended::Keep(false) => Next::Closed,
+            exchange::Ended::Tunnel(t) => Next::Tunnel(t),
+        },
+    }
+}
+
+/// A request head that took longer than `request_head`: 408.
+async fn late<C>(front: &Front, client: &mut C) -> io::Result<()>
+where
+    C: AsyncWrite + Unpin + ?Sized,
+{
+    front
+        .shared
+        .metrics
+        .timeouts
+        .with_label_values(&["request_head"])
+        .inc();
+    let idle = front.shared.runtime.load().config.timeouts.idle;
+    let late = Reject::new(408, "request_head_timeout", "request head took too long\n");
+    reject(front, client, late, idle).await
 }
 
 async fn reject<C>(front: &Front, client: &mut C, r: Reject, limit: Duration) -> io::Result<()>

@@ -47,11 +47,9 @@ pub struct Exchange {
 /// How an exchange ended.
 enum Outcome {
     /// A response was passed on; the client's connection may carry another request.
-    Done {
-        status: u16,
-        keep: bool,
-        tunnel: bool,
-    },
+    Done { status: u16, keep: bool },
+    /// The shard accepted a WebSocket upgrade and its 101 was passed on.
+    Tunnel(Box<Tunnel>),
     /// Nothing was passed on: the edge answers with this status and reason.
     Failed { status: u16, why: String },
     /// The client's connection cannot go on (either side failed mid-response, or the room
@@ -66,14 +64,22 @@ enum Fail {
     Framing(&'static str),
 }
 
-/// Proxies one request; returns whether the client's connection carries on.
+/// What follows an exchange on the client's connection.
+pub enum Ended {
+    /// Whether the connection carries another request.
+    Keep(bool),
+    /// A WebSocket tunnel, run once the request's own state is gone.
+    Tunnel(Box<Tunnel>),
+}
+
+/// Proxies one request.
 pub async fn run<C>(
     front: &Front,
     client: &mut C,
     buf: &mut Vec<u8>,
     mut x: Exchange,
     shutdown: &ShutdownWatch,
-) -> bool
+) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
 {
@@ -106,13 +112,14 @@ where
         shutdown,
     )
     .await;
-    let (status, keep, tunnel) = match outcome {
-        Outcome::Done {
-            status,
-            keep,
-            tunnel,
-        } => (Some(status), keep, tunnel),
-        Outcome::Aborted { status } => (status, false, false),
+    let mut tunnel = None;
+    let (status, keep) = match outcome {
+        Outcome::Done { status, keep } => (Some(status), keep),
+        Outcome::Tunnel(t) => {
+            tunnel = Some(t);
+            (Some(101), false)
+        }
+        Outcome::Aborted { status } => (status, false),
         Outcome::Failed { status, why } => {
             let mut out = Vec::with_capacity(200);
             let body = format!("{why}\n");
@@ -122,7 +129,7 @@ where
                 out.truncate(out.len() - body.len());
             }
             let _ = write_within(client, &out, idle).await;
-            (Some(status), false, false)
+            (Some(status), false)
         }
     };
     let m = &front.shared.metrics;
@@ -131,12 +138,17 @@ where
     m.requests
         .with_label_values(&[route, &pool.name, shard, status_class(status)])
         .inc();
-    if !tunnel && shard_name.is_some() {
-        m.upstream_latency
-            .with_label_values(&[&pool.name])
-            .observe(started.elapsed().as_secs_f64());
+    match tunnel {
+        Some(t) => Ended::Tunnel(t),
+        None => {
+            if shard_name.is_some() {
+                m.upstream_latency
+                    .with_label_values(&[&pool.name])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Ended::Keep(keep)
+        }
     }
-    keep
 }
 
 fn timed_out(front: &Front, kind: &str) {
@@ -164,14 +176,74 @@ fn whole_body(buf: &[u8], body: Body) -> Option<usize> {
 
 /// This request's connection to its shard in its room's registry, until dropped.
 struct Registered<'a> {
-    pool: &'a crate::routing::Pool,
+    pool: &'a Arc<crate::routing::Pool>,
     room: &'a str,
     id: u64,
+    /// Handed over to a tunnel, which closes it.
+    handed: bool,
+}
+
+impl Registered<'_> {
+    fn hand_over(mut self) -> Registration {
+        self.handed = true;
+        Registration {
+            pool: self.pool.clone(),
+            room: self.room.to_owned(),
+            id: self.id,
+        }
+    }
 }
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.pool.conn_closed(self.room, self.id);
+        if !self.handed {
+            self.pool.conn_closed(self.room, self.id);
+        }
+    }
+}
+
+/// A tunnel's connection in its room's registry, until dropped.
+struct Registration {
+    pool: Arc<crate::routing::Pool>,
+    room: String,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.pool.conn_closed(&self.room, self.id);
+    }
+}
+
+/// A WebSocket tunnel after its 101: what it needs, and nothing of the request.
+pub struct Tunnel {
+    conn: super::shards::ShardConn,
+    /// Bytes that came before the tunnel: from the client, from the shard.
+    early: (Vec<u8>, Vec<u8>),
+    quiet: Duration,
+    close: Arc<Close>,
+    _registration: Option<Registration>,
+    _in_flight: InFlight,
+}
+
+impl Tunnel {
+    /// Copies both ways until either side closes, the tunnel is quiet or stuck for its
+    /// timeout, or its room moves.
+    pub async fn run<C>(mut self, front: &Front, client: &mut C)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let m = &front.shared.metrics;
+        m.tunnels_open.inc();
+        let early = std::mem::take(&mut self.early);
+        let end = tunnel::run(client, &mut self.conn, early, self.quiet, &self.close.0).await;
+        m.tunnels_open.dec();
+        match end {
+            tunnel::End::Quiet => timed_out(front, "tunnel_quiet"),
+            tunnel::End::Stuck => timed_out(front, "tunnel_stuck"),
+            tunnel::End::Closed | tunnel::End::Moved => {}
+        }
+        debug!(?end, "tunnel ended");
     }
 }
 
@@ -259,10 +331,11 @@ where
             },
         };
         let close = Close::new();
-        let _registered = x.room.as_deref().map(|room| Registered {
+        let registered = x.room.as_deref().map(|room| Registered {
             pool,
             room,
             id: pool.conn_opened(room, shard.name.clone(), close.clone()),
+            handed: false,
         });
         // A kept-alive connection the shard closed meanwhile fails before any answer: then
         // a request that can be sent again is, on a new connection.
@@ -386,22 +459,14 @@ where
             if write_within(client, &resp.out, t.idle).await.is_err() {
                 return Outcome::Aborted { status: Some(101) };
             }
-            let m = &front.shared.metrics;
-            m.tunnels_open.inc();
-            let early = (std::mem::take(buf), rbuf);
-            let end = Box::pin(tunnel::run(client, &mut conn, early, t.tunnel, &close.0)).await;
-            m.tunnels_open.dec();
-            match end {
-                tunnel::End::Quiet => timed_out(front, "tunnel_quiet"),
-                tunnel::End::Stuck => timed_out(front, "tunnel_stuck"),
-                tunnel::End::Closed | tunnel::End::Moved => {}
-            }
-            debug!(?end, room = x.room.as_deref(), "tunnel ended");
-            return Outcome::Done {
-                status: 101,
-                keep: false,
-                tunnel: true,
-            };
+            return Outcome::Tunnel(Box::new(Tunnel {
+                conn,
+                early: (std::mem::take(buf), rbuf),
+                quiet: t.tunnel,
+                close,
+                _registration: registered.map(Registered::hand_over),
+                _in_flight: InFlight::new(front.shared.clone()),
+            }));
         }
         if resp.status == 101 {
             // A switch the client did not ask for: nothing sane can follow.
@@ -422,7 +487,6 @@ where
                 Outcome::Done {
                     status: resp.status,
                     keep: resp.client_keeps,
-                    tunnel: false,
                 }
             }
             Err(e) => {

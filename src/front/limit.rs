@@ -1,26 +1,15 @@
 //! `limits.max_connections`: past it, the listeners stop accepting (new connections wait in
-//! the kernel's backlog) until a served connection closes. A connection counts from the
-//! moment it is accepted; one whose TLS handshake never completes stops counting after
-//! pingora's handshake timeout.
+//! the kernel's backlog) until a connection closes. A connection counts from the moment it is
+//! accepted, its TLS handshake included.
 
-use crate::state::Shared;
-use async_trait::async_trait;
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
-
-/// pingora's fixed deadline for a TLS handshake.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(61);
 
 #[derive(Debug, Default)]
 pub struct Limit {
-    /// Connections being served.
     open: AtomicUsize,
-    /// Accepted, not yet served (in their handshake): when each was accepted.
-    starting: Mutex<VecDeque<Instant>>,
     freed: Notify,
 }
 
@@ -29,78 +18,67 @@ impl Limit {
         Arc::default()
     }
 
-    /// Connections counted now (served and starting).
+    /// Connections counted now.
     pub fn count(&self) -> usize {
-        self.open.load(Ordering::Relaxed) + self.starting().len()
+        self.open.load(Ordering::Relaxed)
     }
 
-    fn starting(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
-        let mut s = self.starting.lock().unwrap_or_else(|e| e.into_inner());
-        while s.front().is_some_and(|t| t.elapsed() > HANDSHAKE_LIMIT) {
-            s.pop_front();
-        }
-        s
-    }
-
-    /// Counts a served connection until the guard drops (and ends one starting).
-    pub fn serving(self: &Arc<Self>) -> Slot {
-        self.starting().pop_front();
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Slot(self.clone())
-    }
-
-    /// Waits until a connection may be accepted (the limit is read again each time: a
-    /// reload may change it), and counts it as starting. Returns whether it had to wait.
-    async fn admit(&self, max: impl Fn() -> usize) -> bool {
+    /// Waits until a connection may be accepted (`max` is read again each time: a reload may
+    /// change it) and counts it until the slot drops. Also says whether it had to wait.
+    pub async fn admit(self: &Arc<Self>, max: impl Fn() -> usize) -> (Slot, bool) {
         let mut waited = false;
         loop {
             let freed = self.freed.notified();
+            let open = self.open.load(Ordering::Relaxed);
+            if open < max()
+                && self
+                    .open
+                    .compare_exchange(open, open + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
             {
-                let mut starting = self.starting();
-                if self.open.load(Ordering::Relaxed) + starting.len() < max() {
-                    starting.push_back(Instant::now());
-                    return waited;
-                }
+                return (Slot(self.clone()), waited);
+            }
+            if open < max() {
+                continue;
             }
             waited = true;
-            // Woken by a closing connection, or checks again (handshakes expire).
+            // Woken by a closing connection; the timeout reads a raised limit again.
             let _ = tokio::time::timeout(Duration::from_secs(1), freed).await;
         }
     }
 }
 
-/// One served connection.
+/// One counted connection.
+#[derive(Debug)]
 pub struct Slot(Arc<Limit>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.freed.notify_one();
+        self.0.freed.notify_waiters();
     }
 }
 
-/// The listeners' filter: accepts once under the limit (waiting otherwise, which stops that
-/// listener's accept loop).
-pub struct Filter {
-    pub limit: Arc<Limit>,
-    pub shared: Arc<Shared>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl std::fmt::Debug for Filter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Filter")
-            .field("limit", &self.limit)
-            .finish()
-    }
-}
-
-#[async_trait]
-impl pingora::listeners::ConnectionFilter for Filter {
-    async fn should_accept(&self, _addr: Option<&SocketAddr>) -> bool {
-        let max = || self.shared.runtime.load().config.limits.max_connections;
-        if self.limit.admit(max).await {
-            self.shared.metrics.connections_limited.inc();
-        }
-        true
+    #[tokio::test]
+    async fn admits_up_to_the_limit_and_again_when_one_closes() {
+        let limit = Limit::new();
+        let (a, waited) = limit.admit(|| 2).await;
+        assert!(!waited);
+        let (_b, _) = limit.admit(|| 2).await;
+        assert_eq!(limit.count(), 2);
+        let third = tokio::spawn({
+            let limit = limit.clone();
+            async move { limit.admit(|| 2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!third.is_finished(), "a third connection waits");
+        drop(a);
+        let (_c, waited) = third.await.unwrap();
+        assert!(waited, "admitted after waiting");
+        assert_eq!(limit.count(), 2);
     }
 }

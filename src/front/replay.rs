@@ -1,26 +1,63 @@
-//! A client connection handed to pingora's HTTP service with the bytes this edge already read
-//! from it put back in front (the SFU's routes are served there).
+//! A client connection handed to pingora's HTTP service (HTTP/2, and the SFU's routes over
+//! HTTP/1.1), with the bytes this edge already read from it put back in front, and what
+//! pingora reads of a connection (addresses, TLS) told from the socket.
 
+use super::client::ClientIo;
 use async_trait::async_trait;
+use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, UniqueID,
     UniqueIDType, ALPN,
 };
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 #[derive(Debug)]
 pub struct Replay {
     first: Vec<u8>,
-    inner: Stream,
+    inner: ClientIo,
+    socket: Arc<SocketDigest>,
+    ssl: Option<Arc<SslDigest>>,
+    alpn: Option<ALPN>,
 }
 
 impl Replay {
-    pub fn new(inner: Stream, first: Vec<u8>) -> Self {
-        Replay { first, inner }
+    pub fn new(inner: ClientIo, first: Vec<u8>) -> Self {
+        let socket = Arc::new(SocketDigest::from_raw_fd(inner.tcp().as_raw_fd()));
+        let (ssl, alpn) = match &inner {
+            ClientIo::Tcp(_) => (None, None),
+            ClientIo::Tls(s) => {
+                let conn = s.get_ref().1;
+                let cipher = conn
+                    .negotiated_cipher_suite()
+                    .and_then(|c| c.suite().as_str())
+                    .unwrap_or("unknown");
+                let version = conn
+                    .protocol_version()
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("unknown");
+                let digest = SslDigest::new(cipher, version, None, None, Vec::new());
+                (
+                    Some(Arc::new(digest)),
+                    match conn.alpn_protocol() {
+                        Some(b"h2") => Some(ALPN::H2),
+                        Some(b"http/1.1") => Some(ALPN::H1),
+                        _ => None,
+                    },
+                )
+            }
+        };
+        Replay {
+            first,
+            inner,
+            socket,
+            ssl,
+            alpn,
+        }
     }
 }
 
@@ -62,45 +99,41 @@ impl AsyncWrite for Replay {
 #[async_trait]
 impl Shutdown for Replay {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        let _ = AsyncWriteExt::shutdown(&mut self.inner).await;
     }
 }
 
 impl UniqueID for Replay {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        self.inner.tcp().as_raw_fd()
     }
 }
 
 impl Ssl for Replay {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.ssl.clone()
     }
 
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        self.alpn.clone()
     }
 }
 
 impl GetTimingDigest for Replay {
     fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.inner.get_timing_digest()
+        Vec::new()
     }
 }
 
 impl GetProxyDigest for Replay {
     fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        None
     }
 }
 
 impl GetSocketDigest for Replay {
-    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
-        self.inner.get_socket_digest()
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.socket.clone())
     }
 }
 

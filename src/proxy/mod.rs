@@ -1,5 +1,6 @@
-//! The edge's HTTP side on pingora: one `ProxyHttp` whose filters stay thin and ask
-//! `routing` for every decision. Does I/O (through pingora's sessions); all choices are made by
+//! The edge's HTTP side on pingora, for HTTP/2 and the SFU's routes (HTTP/1.1 is served by
+//! `crate::front`): one `ProxyHttp` whose filters stay thin and ask `routing` for every
+//! decision. Does I/O (through pingora's sessions); all choices are made by
 //! pure functions on one runtime snapshot loaded per request.
 //!
 //! Per request: check the header block (smuggling, size) -> match a route -> fixed answer, or
@@ -9,8 +10,6 @@
 pub mod choice;
 pub mod cors;
 pub mod headers;
-mod held;
-mod tunnel;
 pub mod upstream_tls;
 
 use crate::metrics::status_class;
@@ -29,16 +28,11 @@ use tracing::debug;
 
 pub struct Edge {
     shared: Arc<Shared>,
-    /// Connects WebSocket tunnels, which are driven outside pingora's proxy loop.
-    tunnels: pingora::connectors::http::v1::Connector,
 }
 
 impl Edge {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Edge {
-            shared,
-            tunnels: tunnel::connector(),
-        }
+        Edge { shared }
     }
 
     /// Chooses the shard for this request and says how to reach it.
@@ -109,40 +103,6 @@ impl Edge {
         ));
         false
     }
-
-    /// Counts a tunnel as open. One driven here is registered with its room (kept fresh, and
-    /// closed through `ctx.close` if the room moves to another shard); one pingora drives (an
-    /// upgrade with a body) is registered already, as a request its shard holds.
-    fn tunnel_opened(&self, ctx: &mut Ctx) {
-        if ctx.tunnel_open {
-            return;
-        }
-        ctx.tunnel_open = true;
-        self.shared.metrics.tunnels_open.inc();
-        if ctx.held.is_none() {
-            let close = ctx.close.clone();
-            self.register(ctx, close);
-        }
-    }
-
-    /// Registers this request's connection to its shard with its room (if it has one), in
-    /// place of an earlier one (a retry on another shard).
-    fn register(&self, ctx: &mut Ctx, closer: Arc<dyn crate::routing::Closer>) {
-        self.unregister(ctx);
-        if let (Some(runtime), Some(pool), Some(room), Some(shard)) =
-            (&ctx.runtime, ctx.pool, &ctx.room, &ctx.shard)
-        {
-            ctx.conn = Some(runtime.pools[pool].conn_opened(room, shard.name.clone(), closer));
-        }
-    }
-
-    fn unregister(&self, ctx: &mut Ctx) {
-        if let (Some(runtime), Some(pool), Some(room), Some(id)) =
-            (&ctx.runtime, ctx.pool, &ctx.room, ctx.conn.take())
-        {
-            runtime.pools[pool].conn_closed(room, id);
-        }
-    }
 }
 
 /// Per-request state.
@@ -158,13 +118,6 @@ pub struct Ctx {
     failed: Option<usize>,
     connect_failures: u8,
     upgrade: bool,
-    tunnel_open: bool,
-    /// This request's connection to its shard in the room's registry (rooms only).
-    conn: Option<u64>,
-    /// Wakes the tunnel's copy loop to end it: its room moved to another shard.
-    close: Arc<tunnel::Close>,
-    /// This request, proxied by pingora, as its room's registry knows it.
-    held: Option<Arc<held::HeldRequest>>,
     upstream_start: Option<Instant>,
     /// Why no shard could take the request, for the 502/503 body.
     refusal: Option<String>,
@@ -226,10 +179,6 @@ impl ProxyHttp for Edge {
             failed: None,
             connect_failures: 0,
             upgrade: false,
-            tunnel_open: false,
-            conn: None,
-            close: Arc::default(),
-            held: None,
             upstream_start: None,
             refusal: None,
             instance: None,
@@ -375,40 +324,11 @@ impl ProxyHttp for Edge {
             }
         }
         ctx.runtime = Some(runtime);
-        if ctx.upgrade && tunnel::can_tunnel(session.req_header()) {
-            self.tunnel(session, ctx).await?;
-            return Ok(true);
-        }
         Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        // A retry: this request no longer waits on the shard that refused it (the room's move
-        // off that shard must not close the request itself).
-        self.unregister(ctx);
         self.peer_for(ctx)
-    }
-
-    /// Registers the request with its room once it reaches its shard (not while it connects:
-    /// one still connecting to a shard that died fails and is retried on its own).
-    async fn connected_to_upstream(
-        &self,
-        session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
-        _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if ctx.room.is_some() {
-            if ctx.held.is_none() {
-                ctx.held = held::HeldRequest::of(session).map(Arc::new);
-            }
-            if let Some(held) = ctx.held.clone() {
-                self.register(ctx, held);
-            }
-        }
-        Ok(())
     }
 
     fn fail_to_connect(
@@ -442,9 +362,6 @@ impl ProxyHttp for Edge {
     ) -> Result<()> {
         if let Some(origin) = &ctx.cors_origin {
             cors::add_allow(resp, origin);
-        }
-        if ctx.upgrade && resp.status == 101 {
-            self.tunnel_opened(ctx);
         }
         Ok(())
     }
@@ -496,11 +413,6 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        // Before the client's connection can close (see `held`).
-        if let Some(held) = &ctx.held {
-            held.finish();
-        }
-        self.unregister(ctx);
         let status = session.response_written().map(|r| r.status.as_u16());
         let Some(runtime) = &ctx.runtime else { return };
         let route = ctx.route.map_or("-", |r| &runtime.routes.routes[r].label);
@@ -510,9 +422,7 @@ impl ProxyHttp for Edge {
         m.requests
             .with_label_values(&[route, pool, shard, status_class(status)])
             .inc();
-        if ctx.tunnel_open {
-            m.tunnels_open.dec();
-        } else if let Some(start) = ctx.upstream_start {
+        if let Some(start) = ctx.upstream_start {
             m.upstream_latency
                 .with_label_values(&[pool])
                 .observe(start.elapsed().as_secs_f64());
