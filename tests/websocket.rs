@@ -154,7 +154,7 @@ async fn five_hundred_concurrent_tunnels_stay_open_on_their_rooms_shard() {
         premature.len()
     );
     // pingora 0.9.1's own upgrade path closed about one tunnel in 2,000 here (issue 946);
-    // shardgate drives tunnels itself (src/proxy/tunnel.rs), so none may close early.
+    // shardgate drives tunnels itself (src/front/tunnel.rs), so none may close early.
     assert!(
         premature.is_empty(),
         "{} of {TUNNELS} tunnels closed early: {premature:#?}",
