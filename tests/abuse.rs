@@ -43,14 +43,7 @@ async fn status_within(s: &mut TcpStream, limit: Duration) -> Option<u16> {
 }
 
 async fn timeouts(sg: &Shardgate, kind: &str) -> u64 {
-    let text = client()
-        .get(sg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get(&client(), &sg.admin_url("/metrics")).await.1;
     metric(
         &text,
         &format!("shardgate_timeouts_total{{kind=\"{kind}\"}}"),
@@ -286,14 +279,7 @@ async fn max_connections_holds_and_the_edge_recovers() {
         status_within(&mut waiting, Duration::from_secs(3)).await,
         Some(200)
     );
-    let text = client()
-        .get(sg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get(&client(), &sg.admin_url("/metrics")).await.1;
     assert!(metric(&text, "shardgate_connections_limited_total").unwrap_or(0) >= 1);
     drop(held);
     served(&sg).await;

@@ -207,14 +207,7 @@ async fn stalled_and_garbled_tls_handshakes_are_closed_and_counted() {
         "{:?}",
         start.elapsed()
     );
-    let metrics = client()
-        .get(sg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(&client(), &sg.admin_url("/metrics")).await.1;
     let timeouts = metric(&metrics, "shardgate_timeouts_total{kind=\"tls_handshake\"}");
     assert_eq!(timeouts, Some(20), "{metrics}");
     let errors = metric(&metrics, "shardgate_tls_handshake_errors_total").unwrap_or(0);

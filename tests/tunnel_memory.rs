@@ -127,14 +127,7 @@ async fn eight_thousand_tunnels_fit_in_sixteen_kib_each() {
         open_rss < idle + TUNNELS as u64 * BOUND_PER_TUNNEL,
         "{per} bytes per tunnel"
     );
-    let text = client()
-        .get(sg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get(&client(), &sg.admin_url("/metrics")).await.1;
     assert_eq!(
         metric(&text, "shardgate_tunnels_open"),
         Some(TUNNELS as u64 + 1)
