@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Proxying allocates and frees many small buffers per request; glibc's malloc spent about a
-/// tenth of the CPU of a load test on that (perf, tests/perf/http_vs_haproxy.sh).
+/// tenth of the CPU of a load test on that (perf, tests/perf/http_vs_haproxy.sh). jemalloc, with
+/// its background thread on (the crate's `background_threads` feature), gives the pages of a
+/// flood back within its 10 s decay even when no request follows; mimalloc, as fast here, kept
+/// them until later allocations on the same thread purged them (README "Sizing").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(

@@ -1,6 +1,6 @@
 //! Routing decisions: which route a request matches, its room key, and which shard takes it.
 //!
-//! Pure functions and lock-free state (atomics, a concurrent cache); no sockets. The proxy
+//! Pure functions and shared state (atomics, the stick table's locked parts); no sockets. The proxy
 //! loads one [`crate::runtime::Runtime`] snapshot per request and asks these functions.
 
 pub mod conns;
@@ -9,6 +9,7 @@ pub mod instance;
 pub mod pool;
 pub mod room;
 pub mod route;
+pub mod stick_table;
 pub mod sticky;
 
 pub use conns::Closer;
@@ -17,4 +18,5 @@ pub use instance::{find_instance, path_segment};
 pub use pool::{AgentState, Choice, Members, Pool, Shard, ShardState};
 pub use room::room_key;
 pub use route::{Action, CompiledRoute, RouteTable};
-pub use sticky::{hrw_pick, name_seed, unix_ms, Merged, Placement, StickTable};
+pub use stick_table::{Merged, Placement, StickTable};
+pub use sticky::{hrw_pick, name_seed, unix_ms};

@@ -4,7 +4,8 @@
 
 use super::conns::{Closer, RoomConns};
 use super::drains::{AdminDrain, AdminDrains};
-use super::sticky::{hrw_pick, name_seed, StickTable};
+use super::stick_table::StickTable;
+use super::sticky::{hrw_pick, name_seed};
 use crate::config::{Pool as PoolConfig, ShardSpec};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -552,12 +553,14 @@ impl Pool {
     }
 
     /// Refreshes the stick entry of every room that has an open connection, so that a quiet
-    /// WebSocket does not let its room be forgotten. Returns how many rooms were refreshed.
+    /// WebSocket does not let its room be forgotten, then sweeps the table of rooms that ended.
+    /// Returns how many rooms were refreshed.
     pub fn refresh_open_rooms(&self) -> usize {
         let rooms = self.conns.rooms();
         for room in &rooms {
             self.stick.get(room);
         }
+        self.stick.sweep();
         rooms.len()
     }
 

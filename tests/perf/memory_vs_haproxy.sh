@@ -189,7 +189,7 @@ measure() {
     wait "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do port_open "$PROXY_PORT" || break; sleep 0.1; done
     log "$proxy $state: RSS $before KiB before, $after KiB with $count connections"
-    KIB[$proxy]=$(awk -v a="$after" -v b="$before" -v n="$count" 'BEGIN { printf "%.1f", (a - b) / n }')
+    KIB[$proxy]=$(awk -v a="$after" -v b="$before" -v n="$count" 'BEGIN { printf "%.2f", (a - b) / n }')
 }
 
 declare -A KIB
