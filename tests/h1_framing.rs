@@ -355,3 +355,29 @@ async fn answers_made_at_the_edge_have_no_body_for_head() {
     );
     assert!(second.ends_with("\r\n\r\nfine"), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_large_answer_made_at_the_edge_goes_out_whole_after_its_head() {
+    // Bodies past 4 KiB are written after the head, from the config (not copied).
+    let body = "0123456789".repeat(1_000);
+    let (head, http, admin) = config_head("t");
+    let config = format!(
+        "{head}[[route]]\npath_prefix = \"/\"\nrespond = {{ status = 200, body = \"{body}\", content_type = \"text/html\" }}\n"
+    );
+    let sg = Shardgate::start(&config, http, admin);
+    let out = exchange(
+        sg.http,
+        b"HEAD /page HTTP/1.1\r\nHost: a\r\n\r\nGET /page HTTP/1.1\r\nHost: a\r\n\r\nGET /page HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    let answers: Vec<&str> = out.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{out:?}");
+    for (i, a) in answers.iter().enumerate() {
+        assert!(a.contains("Content-Type: text/html\r\n"), "{a:?}");
+        assert!(a.contains("Content-Length: 10000\r\n"), "{a:?}");
+        let (_, rest) = a.split_once("\r\n\r\n").unwrap();
+        let expected = if i == 0 { "" } else { body.as_str() };
+        assert_eq!(rest, expected, "answer {i}");
+    }
+}

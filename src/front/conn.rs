@@ -51,9 +51,8 @@ pub enum Step {
 /// A response made at the edge.
 pub struct Local {
     status: u16,
-    content_type: String,
+    body: LocalBody,
     headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
     head_len: usize,
     keep_alive: bool,
     route: Arc<str>,
@@ -61,6 +60,33 @@ pub struct Local {
     /// The request was HEAD: the head only (Content-Length still says the body's size).
     head_only: bool,
 }
+
+/// The body of a local response: a fixed text, or a `respond` route's, shared with the config
+/// rather than copied per request (a client that does not read it holds it only once).
+enum LocalBody {
+    Text(&'static str),
+    Route(Arc<crate::config::Respond>),
+}
+
+impl LocalBody {
+    fn content_type(&self) -> &str {
+        match self {
+            LocalBody::Text(_) => "text/plain; charset=utf-8",
+            LocalBody::Route(r) => &r.content_type,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            LocalBody::Text(t) => t.as_bytes(),
+            LocalBody::Route(r) => r.body.as_bytes(),
+        }
+    }
+}
+
+/// Bodies up to this size go out in one write with their head; longer ones are written from
+/// where they are.
+const INLINE_BODY: usize = 4096;
 
 /// Serves the connection accepted at `accepted` (its first request head is due
 /// `timeouts.request_head` after that, a TLS handshake included).
@@ -306,33 +332,36 @@ where
         .iter()
         .map(|(k, v)| (*k, v.as_str()))
         .collect();
-    let mut out = Vec::with_capacity(200 + local.body.len());
-    forward::local_response(
+    let body = local.body.bytes();
+    let mut out = Vec::with_capacity(256 + body.len().min(INLINE_BODY));
+    forward::local_response_head(
         local.status,
-        &local.content_type,
+        local.body.content_type(),
         &headers,
-        &local.body,
+        body.len(),
         !keep,
         &mut out,
     );
-    if local.head_only {
-        out.truncate(out.len() - local.body.len());
+    let body = if local.head_only { &[][..] } else { body };
+    if body.len() <= INLINE_BODY {
+        out.extend_from_slice(body);
+        return write_within(client, &out, limit).await;
     }
-    write_within(client, &out, limit).await
+    write_within(client, &out, limit).await?;
+    write_within(client, body, limit).await
 }
 
 fn text(
     status: u16,
-    body: &str,
+    body: &'static str,
     head_len: usize,
     route: &Arc<str>,
     reason: Option<&'static str>,
 ) -> Step {
     Step::Respond(Local {
         status,
-        content_type: "text/plain; charset=utf-8".into(),
         headers: Vec::new(),
-        body: body.as_bytes().to_vec(),
+        body: LocalBody::Text(body),
         head_len,
         keep_alive: true,
         route: route.clone(),
@@ -389,9 +418,8 @@ pub fn decide(runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -> Step {
         CorsDecision::Preflight(headers) => {
             return local(Step::Respond(Local {
                 status: 204,
-                content_type: "text/plain".into(),
                 headers,
-                body: Vec::new(),
+                body: LocalBody::Text(""),
                 head_len: req.head_len,
                 keep_alive: true,
                 route: route.label.clone(),
@@ -413,9 +441,8 @@ pub fn decide(runtime: &Arc<Runtime>, buf: &[u8], who: &Client) -> Step {
         Action::Respond(r) => {
             return local(Step::Respond(Local {
                 status: r.status,
-                content_type: r.content_type.clone(),
                 headers: Vec::new(),
-                body: r.body.as_bytes().to_vec(),
+                body: LocalBody::Route(r.clone()),
                 head_len: req.head_len,
                 keep_alive: true,
                 route: route.label.clone(),

@@ -170,11 +170,23 @@ pub fn local_response(
     close: bool,
     out: &mut Vec<u8>,
 ) {
+    local_response_head(status, content_type, extra, body.len(), close, out);
+    out.extend_from_slice(body);
+}
+
+/// The head of [`local_response`], for a body of `body_len` bytes written after it.
+pub fn local_response_head(
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body_len: usize,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
     let _ = write!(
         out,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {body_len}\r\nCache-Control: no-store\r\n",
         reason(status),
-        body.len()
     );
     for (k, v) in extra {
         header(out, k, v.as_bytes());
@@ -183,7 +195,6 @@ pub fn local_response(
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
 }
 
 fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
