@@ -15,11 +15,13 @@ use pingora::server::ShutdownWatch;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::sync::futures::Notified;
+use tokio::time::{Instant, Sleep};
 
 /// How long an idle connection is kept once the process shuts down or hands over: shorter
 /// than the wait before pingora's clean-up (`server::LINGER`, 2 s), after which the runtime
@@ -89,47 +91,52 @@ impl LocalBody {
 const INLINE_BODY: usize = 4096;
 
 /// Serves the connection accepted at `accepted` (its first request head is due
-/// `timeouts.request_head` after that, a TLS handshake included).
-pub async fn serve<C>(
-    front: &Front,
-    client: &mut C,
-    who: &Client,
+/// `timeouts.request_head` after that, a TLS handshake included). A plain function returning
+/// an `async move` block, as [`wait`]: an `async fn` keeps a second copy of its arguments in
+/// the connection's task for as long as it runs.
+#[allow(clippy::manual_async_fn)]
+pub fn serve<'a, C>(
+    front: &'a Front,
+    client: &'a mut C,
+    who: &'a Client,
     accepted: Instant,
-    shutdown: &ShutdownWatch,
-) -> Served
+    shutdown: &'a ShutdownWatch,
+) -> impl Future<Output = Served> + Send + 'a
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + ?Sized,
 {
-    let mut buf: Vec<u8> = Vec::new();
     // When the head of the request being waited for started to be due: the first one's from
     // the connection, a later one's from its first byte.
     let mut due = Some(accepted);
-    loop {
-        if buf.is_empty() {
-            match wait(front, client, &mut buf, due, shutdown).await {
-                Waited::Bytes => {}
-                Waited::Closed => return Served::Closed,
-                Waited::Late => {
-                    let _ = Box::pin(late(front, client)).await;
+    async move {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if buf.is_empty() {
+                match wait(front, client, &mut buf, due, shutdown).await {
+                    Waited::Bytes => {}
+                    Waited::Closed => return Served::Closed,
+                    Waited::Late => {
+                        let _ = Box::pin(late(front, client)).await;
+                        return Served::Closed;
+                    }
+                }
+            }
+            let started = due.take().unwrap_or_else(Instant::now);
+            // Boxed: a connection waiting for its next request holds none of this state.
+            match Box::pin(request(front, client, &mut buf, who, started, shutdown)).await {
+                Next::Again => {}
+                Next::Closed => return Served::Closed,
+                Next::HandOff => return Served::HandOff(buf),
+                Next::Tunnel(t) => {
+                    // Boxed, and after the request's state is freed: an open tunnel holds
+                    // only its sockets, its timer and what a side did not take yet.
+                    Box::pin(t.run(front, client)).await;
                     return Served::Closed;
                 }
             }
-        }
-        let started = due.take().unwrap_or_else(Instant::now);
-        // Boxed: a connection waiting for its next request holds none of this state.
-        match Box::pin(request(front, client, &mut buf, who, started, shutdown)).await {
-            Next::Again => {}
-            Next::Closed => return Served::Closed,
-            Next::HandOff => return Served::HandOff(buf),
-            Next::Tunnel(t) => {
-                // Boxed, and after the request's state is freed: an open tunnel holds only
-                // its sockets, its timer and what a side did not take yet.
-                Box::pin(t.run(front, client)).await;
-                return Served::Closed;
+            if buf.is_empty() && buf.capacity() > 0 {
+                buf = Vec::new();
             }
-        }
-        if buf.is_empty() && buf.capacity() > 0 {
-            buf = Vec::new();
         }
     }
 }
@@ -143,66 +150,97 @@ enum Waited {
 
 /// Waits for the first bytes of a request: `request_head` from `due` when given, else the
 /// keep-alive timeout. This is the state an idle connection sleeps in: keep it small.
-async fn wait<C>(
-    front: &Front,
-    client: &mut C,
-    buf: &mut Vec<u8>,
+#[allow(clippy::manual_async_fn)]
+fn wait<'a, C>(
+    front: &'a Front,
+    client: &'a mut C,
+    buf: &'a mut Vec<u8>,
     due: Option<Instant>,
-    shutdown: &ShutdownWatch,
-) -> Waited
+    shutdown: &'a ShutdownWatch,
+) -> impl Future<Output = Waited> + Send + 'a
 where
-    C: AsyncRead + Unpin + ?Sized,
+    C: AsyncRead + Unpin + Send + ?Sized,
 {
-    loop {
-        let (keepalive, request_head, max_head) = {
-            let runtime = front.shared.runtime.load();
-            let c = &runtime.config;
-            (
-                c.timeouts.keepalive,
-                c.timeouts.request_head,
-                c.limits.max_header_bytes,
-            )
-        };
-        // Registered before the check below, so a shutdown in between still wakes it.
-        let stop = front.stopping.notified();
-        // Shutting down: an idle connection still gets LINGER for a request already on its
-        // way (answered with Connection: close), then closes; closing it at once would fail
-        // a request the client sent in the same instant.
-        let stopping = *shutdown.borrow();
-        let wait = match due {
-            Some(t) => (t + request_head).saturating_duration_since(Instant::now()),
-            None if stopping => LINGER.min(keepalive),
-            None => keepalive,
-        };
-        let watch = due.is_none() && !stopping;
-        // One poll function over the read, the timer and the shutdown (smaller than
-        // `select!` over `timeout` and the watch's `changed`).
-        let mut stop = std::pin::pin!(stop);
-        let mut timer = std::pin::pin!(tokio::time::sleep(wait));
-        let got = std::future::poll_fn(|cx| {
-            let read = poll_read_with(client, cx, max_head + 1, |data, _| {
-                buf.extend_from_slice(data);
-                data.len()
-            });
-            if let Poll::Ready(r) = read {
-                return Poll::Ready(Some(r));
-            }
-            if watch && stop.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            match timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::ErrorKind::TimedOut.into()))),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        return match got {
-            None => continue,
-            Some(Ok(0)) => Waited::Closed,
-            Some(Ok(_)) => Waited::Bytes,
-            Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut && due.is_some() => Waited::Late,
-            Some(Err(_)) => Waited::Closed,
-        };
+    async move {
+        loop {
+            let (keepalive, request_head, max_head) = {
+                let runtime = front.shared.runtime.load();
+                let c = &runtime.config;
+                (
+                    c.timeouts.keepalive,
+                    c.timeouts.request_head,
+                    c.limits.max_header_bytes,
+                )
+            };
+            // Made before the check below, so a shutdown in between still wakes it.
+            let stop = front.stopping.notified();
+            // Shutting down: an idle connection still gets LINGER for a request already on
+            // its way (answered with Connection: close), then closes; closing it at once would
+            // fail a request the client sent in the same instant.
+            let stopping = *shutdown.borrow();
+            let wait = match due {
+                Some(t) => (t + request_head).saturating_duration_since(Instant::now()),
+                None if stopping => LINGER.min(keepalive),
+                None => keepalive,
+            };
+            let idle = Idle {
+                client: &mut *client,
+                buf: &mut *buf,
+                max_head,
+                watch: due.is_none() && !stopping,
+                stop,
+                timer: tokio::time::sleep(wait),
+            };
+            return match idle.await {
+                None => continue,
+                Some(Ok(0)) => Waited::Closed,
+                Some(Ok(_)) => Waited::Bytes,
+                Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut && due.is_some() => {
+                    Waited::Late
+                }
+                Some(Err(_)) => Waited::Closed,
+            };
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One poll over the read, the timer and the shutdown (smaller than `select!` over
+    /// `timeout` and the watch's `changed`, or a closure over the same): `Some` with what the
+    /// read gave (`TimedOut` when the timer fired first), `None` when the listeners closed.
+    struct Idle<'a, C: ?Sized> {
+        client: &'a mut C,
+        buf: &'a mut Vec<u8>,
+        max_head: usize,
+        // Whether the shutdown ends the wait (only between requests, and once).
+        watch: bool,
+        #[pin]
+        stop: Notified<'a>,
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl<C: AsyncRead + Unpin + ?Sized> Future for Idle<'_, C> {
+    type Output = Option<io::Result<usize>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let buf = this.buf;
+        let read = poll_read_with(&mut **this.client, cx, *this.max_head + 1, |data, _| {
+            buf.extend_from_slice(data);
+            data.len()
+        });
+        if let Poll::Ready(r) = read {
+            return Poll::Ready(Some(r));
+        }
+        if *this.watch && this.stop.poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        match this.timer.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(io::ErrorKind::TimedOut.into()))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 

@@ -93,9 +93,12 @@ impl Front {
                 tokio::spawn(front.serve(client, who, accepted, shutdown, slot));
             }
             Some(acceptor) => {
+                // The connection is served by a task of its own once the handshake is done: a
+                // task's size is that of its largest state, and this one's holds the socket and
+                // the acceptor beside the handshake.
                 tokio::spawn(async move {
                     if let Some(client) = front.handshake(acceptor, tcp).await {
-                        front.serve(client, who, accepted, shutdown, slot).await;
+                        tokio::spawn(front.serve(client, who, accepted, shutdown, slot));
                     }
                 });
             }
