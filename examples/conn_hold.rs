@@ -10,11 +10,13 @@
 //!         ws         a WebSocket (`/xmpp-websocket?room=r<i>`), idle after one message each way
 //!         keepalive  an HTTP/1.1 connection, idle after one request (`/http-bind?room=r<i>`)
 //!         held       a request the shard holds (`/hold?room=r<i>&ms=600000`), pending
+//!         h2         an HTTP/2 connection (with `tls`, ALPN h2), idle after one request
+//!                    (`/http-bind?room=r<i>`)
 //!       A connection that fails or is closed early is reported on standard error and counted:
 //!       `ready N failed M`.
 
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -43,7 +45,7 @@ fn main() {
             rt.block_on(clients(addr, args[2].clone(), count, tls));
         }
         _ => {
-            eprintln!("usage: conn_hold backend ADDR | conn_hold clients ADDR ws|keepalive|held COUNT [tls]");
+            eprintln!("usage: conn_hold backend ADDR | conn_hold clients ADDR ws|keepalive|held|h2 COUNT [tls]");
             std::process::exit(2);
         }
     }
@@ -102,7 +104,7 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 async fn clients(addr: SocketAddr, state: String, count: usize, tls: bool) {
-    let connector = tls.then(tls_connector);
+    let connector = tls.then(|| tls_connector(state == "h2"));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
     let mut held = Vec::with_capacity(count);
     // At most 200 connections being opened at once.
@@ -128,6 +130,7 @@ async fn clients(addr: SocketAddr, state: String, count: usize, tls: bool) {
                 "held" => request(io, &format!("/hold?room=r{i}&ms=600000"), false)
                     .await
                     .map(KeptIo::Raw),
+                "h2" => h2_request(io, &format!("/http-bind?room=r{i}")).await,
                 other => Err(format!("unknown state {other}")),
             };
             drop(permit);
@@ -168,6 +171,11 @@ async fn clients(addr: SocketAddr, state: String, count: usize, tls: bool) {
 enum KeptIo {
     Ws(Box<WebSocketStream<Box<dyn Io>>>),
     Raw(Box<dyn Io>),
+    /// The request sender (kept, so the connection stays open) and the connection's task.
+    H2(
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ),
 }
 
 impl KeptIo {
@@ -177,6 +185,9 @@ impl KeptIo {
             KeptIo::Raw(mut io) => {
                 let mut buf = [0u8; 256];
                 while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
+            KeptIo::H2(_sender, connection) => {
+                let _ = connection.await;
             }
         }
     }
@@ -231,7 +242,37 @@ async fn request(mut io: Box<dyn Io>, path: &str, answered: bool) -> Result<Box<
     Ok(io)
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// One GET over HTTP/2 (the connection must have chosen h2 by ALPN), its whole answer read.
+async fn h2_request(io: Box<dyn Io>, path: &str) -> Result<KeptIo, String> {
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let req = Request::get(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let answer = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    if !answer.status().is_success() {
+        return Err(format!("answered {}", answer.status()));
+    }
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    if body.to_bytes().as_ref() != b"ok\n" {
+        return Err("unexpected answer".into());
+    }
+    Ok(KeptIo::H2(sender, connection))
+}
+
+/// A client accepting any certificate; offering only h2 by ALPN with `h2`.
+fn tls_connector(h2: bool) -> tokio_rustls::TlsConnector {
     #[derive(Debug)]
     struct AnyCert;
     impl rustls::client::danger::ServerCertVerifier for AnyCert {
@@ -268,11 +309,14 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert))
         .with_no_client_auth();
+    if h2 {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+    }
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }

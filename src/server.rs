@@ -64,6 +64,7 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
     }
     server.bootstrap();
     let shutdown_delay = config.timeouts.shutdown_delay;
+    let h2_idle = config.timeouts.keepalive;
     let media = config.media.clone();
     let sfu_config = config.sfu.clone();
     let peers_config = config.peers.clone();
@@ -91,12 +92,14 @@ pub fn run(config: Config, status: ReloadStatus, start: Start) -> Result<(), Str
 
     let limit = Limit::new();
     let shards = Arc::new(Shards::default());
-    let front = Front::new(
-        shared.clone(),
-        pingora::proxy::http_proxy(&server.configuration, Edge::new(shared.clone())),
-        limit.clone(),
-        shards.clone(),
-    );
+    let mut http = pingora::proxy::http_proxy(&server.configuration, Edge::new(shared.clone()));
+    // An HTTP/2 connection with no stream open is closed after the keep-alive timeout, as an
+    // idle HTTP/1.1 one is (pingora's default keeps it for ever). Set at start: a reload that
+    // changes `timeouts.keepalive` applies to HTTP/2 after a restart.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(h2_idle);
+    http.server_options = Some(options);
+    let front = Front::new(shared.clone(), http, limit.clone(), shards.clone());
     let mut endpoints = Vec::new();
     for l in &listeners {
         let tls = match &l.tls {

@@ -291,3 +291,86 @@ fn check_refuses_a_key_that_does_not_match_or_does_not_exist() {
     assert!(stderr.contains("listener[0].tls"), "{stderr}");
     assert!(std::net::TcpStream::connect(http).is_err());
 }
+
+/// A TLS connection to `addr` that chose h2 by ALPN, trusting only `cert`.
+async fn h2_tls(
+    cert: &str,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_http2_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let backend = Backend::start("shard-0").await;
+    let (cert, key) = self_signed();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
+    let (http, admin) = fresh_addrs();
+    let mut config = tls_config(http, admin, &cert_path, &key_path, "", Some(&backend));
+    config += "[timeouts]\nrequest_head = \"1s\"\nkeepalive = \"1s\"\n";
+    let path = dir.path().join("shardgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let sg = Shardgate::start_file(path, dir, http, admin);
+
+    // h2 chosen, then no preface: closed at the request head deadline and counted.
+    let start = std::time::Instant::now();
+    let mut silent = h2_tls(&cert, sg.http).await;
+    // (pingora's h2 handshake would send its settings at once and wait for ever.)
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 64];
+        while matches!(silent.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent h2 connection was kept past 5 s");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let metrics = get(&client(), &sg.admin_url("/metrics")).await.1;
+    let late = metric(&metrics, "shardgate_timeouts_total{kind=\"request_head\"}");
+    assert_eq!(late, Some(1), "{metrics}");
+
+    // One request, then idle: closed after the keep-alive timeout.
+    let io = hyper_util::rt::TokioIo::new(h2_tls(&cert, sg.http).await);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let req = hyper::Request::get("https://localhost/http-bind?room=h2")
+        .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+        .unwrap();
+    let answer = sender.send_request(req).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    drop(answer);
+    let idle = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "an idle h2 connection was kept past 10 s");
+    let after = idle.elapsed();
+    assert!(
+        after >= Duration::from_millis(500),
+        "closed at once: {after:?}"
+    );
+}

@@ -244,6 +244,33 @@ impl<C: AsyncRead + Unpin + ?Sized> Future for Idle<'_, C> {
     }
 }
 
+/// The length of HTTP/2's client connection preface (`PRI * HTTP/2.0...`, RFC 9113 3.4).
+const H2_PREFACE_LEN: usize = 24;
+
+/// The start of an HTTP/2 connection: its preface's bytes, read within `request_head` of
+/// `accepted` (the deadline of an HTTP/1.1 connection's first head, which pingora's h2
+/// handshake does not have). `None` when the client closed or was late (counted).
+pub async fn h2_preface<C>(front: &Front, client: &mut C, accepted: Instant) -> Option<Vec<u8>>
+where
+    C: AsyncRead + Unpin + ?Sized,
+{
+    let limit = front.shared.runtime.load().config.timeouts.request_head;
+    let mut buf = Vec::with_capacity(H2_PREFACE_LEN);
+    while buf.len() < H2_PREFACE_LEN {
+        let room = H2_PREFACE_LEN - buf.len();
+        match tokio::time::timeout_at(accepted + limit, read_some(client, &mut buf, room)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+            Err(_) => {
+                let m = &front.shared.metrics;
+                m.timeouts.with_label_values(&["request_head"]).inc();
+                return None;
+            }
+        }
+    }
+    Some(buf)
+}
+
 /// What follows a request.
 enum Next {
     /// Wait for the next request on this connection.

@@ -124,7 +124,11 @@ impl Front {
             // answers it.
             let _open = crate::state::InFlight::new(self.shared.clone());
             if client.alpn() == Some(b"h2") {
-                let stream: Stream = Box::new(replay::Replay::new(client, Vec::new()));
+                let Some(preface) = Box::pin(conn::h2_preface(&self, &mut client, accepted)).await
+                else {
+                    return;
+                };
+                let stream: Stream = Box::new(replay::Replay::new(client, preface));
                 Box::pin(self.hand_off(stream, &shutdown)).await;
                 return;
             }

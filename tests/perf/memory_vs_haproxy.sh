@@ -11,6 +11,8 @@
 #   ws-tls     the same over TLS to the proxy (TLS_COUNT connections)
 #   keepalive  a client keep-alive connection, idle after one request
 #   held       a request the shard holds (a BOSH long-poll), pending
+#   h2         an HTTP/2 connection over TLS (ALPN h2), idle after one request (TLS_COUNT
+#              connections): what a browser keeps to the page's host while a meeting runs
 # HAProxy runs as deployed for Jitsi (room stickiness on the `room` parameter, `timeout tunnel
 # 1h`, `timeout client/server 50s`); shardgate with a `shard` route. Both on one thread.
 #
@@ -119,7 +121,7 @@ defaults
     timeout http-request 10s
 frontend edge
     bind $HOST:$PROXY_PORT
-    bind $HOST:$PROXY_TLS_PORT ssl crt $TMP/haproxy.pem
+    bind $HOST:$PROXY_TLS_PORT ssl crt $TMP/haproxy.pem alpn h2,http/1.1
     default_backend shards
 backend shards
     balance roundrobin
@@ -156,6 +158,7 @@ wait_port "$BACKEND_PORT" "$!"
 measure() {
     local proxy=$1 state=$2 count=$COUNT port=$PROXY_PORT tls="" kind=$2 pid before after ready
     if [ "$state" = ws-tls ]; then count=$TLS_COUNT; port=$PROXY_TLS_PORT; tls=tls; kind=ws; fi
+    if [ "$state" = h2 ]; then count=$TLS_COUNT; port=$PROXY_TLS_PORT; tls=tls; fi
     case $proxy in
         haproxy) setsid "$HAPROXY" -db -f "$TMP/haproxy.cfg" >"$TMP/proxy.log" 2>&1 </dev/null & ;;
         shardgate) SHARDGATE_THREADS=1 setsid "$SHARDGATE" run --config "$TMP/shardgate.toml" >"$TMP/proxy.log" 2>&1 </dev/null & ;;
