@@ -54,11 +54,17 @@ fn fresh_addrs() -> (SocketAddr, SocketAddr) {
 
 /// Starts shardgate with a TLS listener; returns it and the certificate to trust.
 fn start_tls(tls_extra: &str, backend: &Backend) -> (Shardgate, String) {
+    start_tls_with(tls_extra, backend, "")
+}
+
+/// [`start_tls`] with more of the config (`sections`, appended).
+fn start_tls_with(tls_extra: &str, backend: &Backend, sections: &str) -> (Shardgate, String) {
     let (cert, key) = self_signed();
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
     let (http, admin) = fresh_addrs();
-    let config = tls_config(http, admin, &cert_path, &key_path, tls_extra, Some(backend));
+    let mut config = tls_config(http, admin, &cert_path, &key_path, tls_extra, Some(backend));
+    config += sections;
     let path = dir.path().join("shardgate.toml");
     std::fs::write(&path, config).unwrap();
     (Shardgate::start_file(path, dir, http, admin), cert)
@@ -159,15 +165,8 @@ async fn untrusted_certificate_is_refused_by_the_client() {
 async fn stalled_and_garbled_tls_handshakes_are_closed_and_counted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let backend = Backend::start("shard-0").await;
-    let (cert, key) = self_signed();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
-    let (http, admin) = fresh_addrs();
-    let mut config = tls_config(http, admin, &cert_path, &key_path, "", Some(&backend));
-    config += "[timeouts]\nrequest_head = \"1s\"\n";
-    let path = dir.path().join("shardgate.toml");
-    std::fs::write(&path, config).unwrap();
-    let sg = Shardgate::start_file(path, dir, http, admin);
+    let (sg, cert) = start_tls_with("", &backend, "[timeouts]\nrequest_head = \"1s\"\n");
+    let http = sg.http;
 
     let start = std::time::Instant::now();
     let mut stalled = Vec::new();
@@ -323,15 +322,8 @@ async fn h2_tls(
 async fn silent_and_idle_http2_connections_are_closed() {
     use tokio::io::AsyncReadExt;
     let backend = Backend::start("shard-0").await;
-    let (cert, key) = self_signed();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = write_pems(dir.path(), &cert, &key);
-    let (http, admin) = fresh_addrs();
-    let mut config = tls_config(http, admin, &cert_path, &key_path, "", Some(&backend));
-    config += "[timeouts]\nrequest_head = \"1s\"\nkeepalive = \"1s\"\n";
-    let path = dir.path().join("shardgate.toml");
-    std::fs::write(&path, config).unwrap();
-    let sg = Shardgate::start_file(path, dir, http, admin);
+    let timeouts = "[timeouts]\nrequest_head = \"1s\"\nkeepalive = \"1s\"\n";
+    let (sg, cert) = start_tls_with("", &backend, timeouts);
 
     // h2 chosen, then no preface: closed at the request head deadline and counted.
     let start = std::time::Instant::now();

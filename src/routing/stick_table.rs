@@ -108,6 +108,13 @@ struct Entry {
     used_ms: u64,
 }
 
+impl Entry {
+    /// Used within the last `ttl_ms` before `now_ms`.
+    fn live(&self, now_ms: u64, ttl_ms: u64) -> bool {
+        now_ms.saturating_sub(self.used_ms) < ttl_ms
+    }
+}
+
 impl Part {
     /// Drops idle entries, at most every quarter `ttl` unless `force`d; gives memory back when
     /// the map is mostly empty.
@@ -116,8 +123,7 @@ impl Part {
             return;
         }
         self.swept_ms = now_ms;
-        self.rooms
-            .retain(|_, e| now_ms.saturating_sub(e.used_ms) < ttl_ms);
+        self.rooms.retain(|_, e| e.live(now_ms, ttl_ms));
         if self.rooms.capacity() > 64 && self.rooms.len() < self.rooms.capacity() / 4 {
             self.rooms.shrink_to(self.rooms.len() * 2);
         }
@@ -162,7 +168,7 @@ impl Part {
         place: impl FnOnce(Option<Placement>) -> Placement,
     ) -> Placement {
         if let Some(e) = self.rooms.get_mut(room) {
-            let live = now_ms.saturating_sub(e.used_ms) < ttl_ms;
+            let live = e.live(now_ms, ttl_ms);
             e.placement = place(live.then(|| e.placement.clone()));
             e.used_ms = now_ms;
             return e.placement.clone();
@@ -207,7 +213,7 @@ impl StickTable {
     pub fn placement(&self, room: &str) -> Option<Placement> {
         let (mut part, now, ttl) = self.part(room);
         let e = part.rooms.get_mut(room)?;
-        if now.saturating_sub(e.used_ms) >= ttl {
+        if !e.live(now, ttl) {
             return None;
         }
         e.used_ms = now;
@@ -233,9 +239,7 @@ impl StickTable {
     pub fn refresh_due(&self, room: &str, now_ms: u64, every: u64) -> Option<Placement> {
         let (mut part, now, ttl) = self.part(room);
         let e = part.rooms.get_mut(room)?;
-        if now.saturating_sub(e.used_ms) >= ttl
-            || now_ms.saturating_sub(e.placement.refreshed_at_ms) < every
-        {
+        if !e.live(now, ttl) || now_ms.saturating_sub(e.placement.refreshed_at_ms) < every {
             return None;
         }
         e.used_ms = now;
@@ -274,12 +278,7 @@ impl StickTable {
         let now = self.now_ms();
         let ttl = self.table.ttl_ms;
         self.parts()
-            .map(|part| {
-                part.rooms
-                    .values()
-                    .filter(|e| now.saturating_sub(e.used_ms) < ttl)
-                    .count() as u64
-            })
+            .map(|part| part.rooms.values().filter(|e| e.live(now, ttl)).count() as u64)
             .sum()
     }
 
@@ -296,7 +295,7 @@ impl StickTable {
             all.extend(
                 part.rooms
                     .iter()
-                    .filter(|(_, e)| now.saturating_sub(e.used_ms) < ttl)
+                    .filter(|(_, e)| e.live(now, ttl))
                     .map(|(room, e)| (Arc::from(&**room), e.placement.clone())),
             );
         }
@@ -305,9 +304,15 @@ impl StickTable {
 
     /// Rooms per shard name; walks the whole table, for the admin API only.
     pub fn rooms_per_shard(&self) -> HashMap<Arc<str>, u64> {
-        let mut counts = HashMap::new();
-        for (_, placement) in self.entries() {
-            *counts.entry(placement.shard).or_insert(0) += 1;
+        let now = self.now_ms();
+        let ttl = self.table.ttl_ms;
+        let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
+        for part in self.parts() {
+            for e in part.rooms.values() {
+                if e.live(now, ttl) {
+                    *counts.entry(e.placement.shard.clone()).or_default() += 1;
+                }
+            }
         }
         counts
     }
