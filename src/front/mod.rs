@@ -10,6 +10,7 @@ mod inherit;
 pub mod io;
 pub mod limit;
 pub mod listen;
+mod maybe_tls;
 mod replay;
 pub mod shards;
 pub mod tunnel;

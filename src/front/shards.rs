@@ -2,25 +2,19 @@
 //! with `tls`), and kept alive between requests in a small pool per shard address.
 
 use super::io::is_quiet;
+use super::maybe_tls::MaybeTls;
 use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per shard address.
 const IDLE_PER_SHARD: usize = 128;
 
 /// One connection to a shard.
-pub enum ShardConn {
-    Tcp(TcpStream),
-    Tls(pingora::protocols::Stream),
-}
+pub type ShardConn = MaybeTls<pingora::protocols::Stream>;
 
 /// Where a connection goes: the address, and for TLS the pool whose identity it uses and
 /// the hash of that identity's material (a rotated certificate is not mixed with the old).
@@ -115,46 +109,6 @@ impl Shards {
                     .map(ShardConn::Tls)
                     .map_err(|e| e.to_string())
             }
-        }
-    }
-}
-
-impl AsyncRead for ShardConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShardConn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ShardConn::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ShardConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ShardConn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ShardConn::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShardConn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ShardConn::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShardConn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ShardConn::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
